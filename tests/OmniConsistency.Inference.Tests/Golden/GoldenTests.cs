@@ -1,0 +1,52 @@
+using System.Text.Json;
+using Xunit;
+
+namespace OmniConsistency.Inference.Tests.Golden;
+
+/// <summary>One test per case folder under the golden root; the test's display name is the folder name.</summary>
+[Trait("Category", "Golden")]
+public class GoldenTests
+{
+    public static IEnumerable<TheoryDataRow<string>> Cases()
+    {
+        var casesDir = Path.Combine(GoldenRoot.Path, "cases");
+        if (!Directory.Exists(casesDir))
+            throw new DirectoryNotFoundException($"Golden cases not found at {casesDir} (set OMNI_GOLDEN_DIR).");
+        foreach (var dir in Directory.GetDirectories(casesDir).OrderBy(d => d, StringComparer.Ordinal))
+        {
+            var name = Path.GetFileName(dir);
+            string? skip = null;
+            var caseJson = Path.Combine(dir, "case.json");
+            if (File.Exists(caseJson))
+            {
+                using var doc = JsonDocument.Parse(File.ReadAllBytes(caseJson));
+                var kind = doc.RootElement.TryGetProperty("kind", out var k) ? k.GetString() ?? "" : "";
+                if (!GoldenKinds.Runners.ContainsKey(kind) && GoldenKinds.Known.TryGetValue(kind, out var issue))
+                    skip = $"kind '{kind}' is not implemented yet (issue: {issue})";
+            }
+            yield return new TheoryDataRow<string>(name) { TestDisplayName = name, Skip = skip };
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void Case(string name)
+    {
+        using var c = new GoldenCase(GoldenRoot.Path, name);
+        if (!GoldenKinds.Runners.TryGetValue(c.Kind, out var runnerType))
+            Assert.Fail($"{name}: unknown golden kind '{c.Kind}'");
+        var runner = (IGoldenKindRunner)Activator.CreateInstance(runnerType!)!;
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        IReadOnlyDictionary<string, TorchSharp.torch.Tensor> produced;
+        try
+        {
+            produced = runner.Run(c);
+        }
+        catch (GoldenCaseNotSupportedException e)
+        {
+            Assert.Skip(e.Message);
+            return;
+        }
+        c.AssertMatches(produced);
+    }
+}
