@@ -103,6 +103,9 @@ public sealed class SafetensorsCheckpoint : IDisposable
 
     public Tensor Load(string key, ScalarType? dtype = null, Device? device = null) => FileOf(key).Load(key, dtype, device);
 
+    /// <summary>Loads a tensor into an existing tensor of the same shape (see <see cref="SafetensorsFile.LoadInto"/>).</summary>
+    public void LoadInto(string key, Tensor destination) => FileOf(key).LoadInto(key, destination);
+
     private SafetensorsFile FileOf(string key) =>
         _byKey.TryGetValue(key, out var f) ? f : throw new SafetensorsFormatException(Source, $"no tensor named '{key}'");
 
