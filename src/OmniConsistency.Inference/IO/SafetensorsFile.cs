@@ -25,8 +25,8 @@ public sealed class SafetensorsFile : IDisposable
     private const long MaxHeaderBytes = 100_000_000;
 
     /// <summary>Bytes per read; large tensors are read in such chunks in parallel (page faults on the destination
-    /// dominate a read from the page cache, so several threads help). Internal so tests can shrink it.</summary>
-    internal static long ReadChunkBytes = 16L << 20;
+    /// dominate a read from the page cache, so several threads help).</summary>
+    internal const long ReadChunkBytes = 16L << 20;
     private static readonly int ReadThreads = Math.Clamp(Environment.ProcessorCount, 1, 8);
 
     private readonly SafeFileHandle _handle;
@@ -90,6 +90,8 @@ public sealed class SafetensorsFile : IDisposable
 
     private static (Dictionary<string, SafetensorsTensorInfo>, Dictionary<string, string>) ParseHeader(string path, byte[] header, long dataSize)
     {
+        // JsonDocument validates UTF-8 lazily (GetString would throw InvalidOperationException), so check it first.
+        if (!System.Text.Unicode.Utf8.IsValid(header)) throw new SafetensorsFormatException(path, "header is not valid UTF-8");
         JsonDocument doc;
         try
         {
@@ -119,7 +121,7 @@ public sealed class SafetensorsFile : IDisposable
                     foreach (var m in prop.Value.EnumerateObject())
                     {
                         if (m.Value.ValueKind != JsonValueKind.String) throw new SafetensorsFormatException(path, $"__metadata__ value '{m.Name}' is not a string");
-                        metadata[m.Name] = m.Value.GetString()!;
+                        if (!metadata.TryAdd(m.Name, m.Value.GetString()!)) throw new SafetensorsFormatException(path, $"__metadata__ key '{m.Name}' appears twice");
                     }
                     continue;
                 }
