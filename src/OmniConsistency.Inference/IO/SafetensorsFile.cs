@@ -58,14 +58,14 @@ public sealed class SafetensorsFile : IDisposable
             long length = RandomAccess.GetLength(handle);
             if (length < 8) throw new SafetensorsFormatException(path, $"file is {length} bytes long, shorter than the 8-byte header length (truncated or not a safetensors file)");
             Span<byte> lenBytes = stackalloc byte[8];
-            ReadHeaderBytes(path, handle, lenBytes, 0);
+            ReadFully(path, handle, lenBytes, 0, "the header length");
             ulong headerLen = BinaryPrimitives.ReadUInt64LittleEndian(lenBytes);
             if (headerLen > (ulong)(length - 8))
                 throw new SafetensorsFormatException(path, $"header length {headerLen} runs past the end of the file ({length} bytes; truncated or not a safetensors file)");
             if (headerLen > MaxHeaderBytes) throw new SafetensorsFormatException(path, $"header length {headerLen} exceeds the {MaxHeaderBytes}-byte limit");
             if (headerLen < 2) throw new SafetensorsFormatException(path, "header is empty");
             var header = new byte[headerLen];
-            ReadHeaderBytes(path, handle, header, 8);
+            ReadFully(path, handle, header, 8, "the header");
             long dataStart = 8 + (long)headerLen;
             var (tensors, metadata) = ParseHeader(path, header, length - dataStart);
             return new SafetensorsFile(path, handle, length, dataStart, tensors, metadata);
@@ -77,12 +77,13 @@ public sealed class SafetensorsFile : IDisposable
         }
     }
 
-    private static void ReadHeaderBytes(string path, SafeFileHandle handle, Span<byte> destination, long position)
+    /// <summary>Reads exactly destination.Length bytes; a file that ends early (truncated after opening) is an error, not a hang.</summary>
+    private static void ReadFully(string path, SafeFileHandle handle, Span<byte> destination, long position, string what)
     {
         while (destination.Length > 0)
         {
             int n = RandomAccess.Read(handle, destination, position);
-            if (n <= 0) throw new SafetensorsFormatException(path, $"file ended at byte {position} inside the header");
+            if (n <= 0) throw new SafetensorsFormatException(path, $"file ended at byte {position} while reading {what} (truncated since it was opened?)");
             destination = destination[n..];
             position += n;
         }
@@ -253,26 +254,13 @@ public sealed class SafetensorsFile : IDisposable
             for (long first = 0; first < info.ElementCount; first += chunkElements)
                 parts.Add((first * elementSize, flat.narrow(0, first, Math.Min(chunkElements, info.ElementCount - first))));
             if (parts.Count == 1)
-                ReadExactly(info, 0, parts[0].View.bytes);
+                ReadFully(FilePath, _handle, parts[0].View.bytes, DataStart + info.Begin, $"tensor '{info.Name}'");
             else
-                Parallel.ForEach(parts, new ParallelOptions { MaxDegreeOfParallelism = ReadThreads }, p => ReadExactly(info, p.Offset, p.View.bytes));
+                Parallel.ForEach(parts, new ParallelOptions { MaxDegreeOfParallelism = ReadThreads }, p => ReadFully(FilePath, _handle, p.View.bytes, DataStart + info.Begin + p.Offset, $"tensor '{info.Name}'"));
         }
         finally
         {
             foreach (var (_, view) in parts) view.Dispose();
-        }
-    }
-
-    private void ReadExactly(SafetensorsTensorInfo info, long offsetInTensor, Span<byte> destination)
-    {
-        long position = DataStart + info.Begin + offsetInTensor;
-        while (destination.Length > 0)
-        {
-            int n = RandomAccess.Read(_handle, destination, position);
-            if (n <= 0)
-                throw new SafetensorsFormatException(FilePath, $"file ended at byte {position} while reading tensor '{info.Name}' (it was {FileLength} bytes when opened: truncated since?)");
-            destination = destination[n..];
-            position += n;
         }
     }
 
