@@ -14,6 +14,15 @@ public interface ITensorSource
     long[] Shape(string key);
     /// <summary>Loads one tensor as a new tensor of the given dtype on the given device.</summary>
     Tensor Load(string key, ScalarType dtype, Device device);
+
+    /// <summary>Loads one tensor into an existing tensor of the same shape (a module parameter). Sources that can
+    /// fill it without a temporary override this.</summary>
+    void LoadInto(string key, Tensor destination)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        destination.copy_(Load(key, destination.dtype, destination.device));
+    }
 }
 
 /// <summary>A checkpoint's tensors, optionally only those under a key prefix (which is stripped).</summary>
@@ -35,6 +44,7 @@ public sealed class CheckpointTensorSource : ITensorSource
     public IReadOnlyCollection<string> Keys => _keys.Keys;
     public long[] Shape(string key) => _checkpoint.Info(_keys[key]).Shape;
     public Tensor Load(string key, ScalarType dtype, Device device) => _checkpoint.Load(_keys[key], dtype, device);
+    public void LoadInto(string key, Tensor destination) => _checkpoint.LoadInto(_keys[key], destination);
 }
 
 /// <summary>

@@ -6,7 +6,8 @@ namespace OmniConsistency.Inference.IO;
 /// <summary>
 /// Loads a module's parameters from a tensor source by name: module parameter names equal checkpoint keys,
 /// so loading is a walk over names. Strict: all problems are collected and reported in one exception before
-/// any weight is touched. Each tensor is converted to the parameter's dtype/device as it is read.
+/// any weight is touched. Each tensor is converted to the parameter's dtype/device as it is read
+/// (read straight into the parameter where the stored dtype already matches).
 /// </summary>
 public static class ModuleWeightLoader
 {
@@ -17,11 +18,7 @@ public static class ModuleWeightLoader
         using (no_grad())
         {
             foreach (var (name, p) in parameters)
-            {
-                using var scope = NewDisposeScope();
-                var t = source.Load(name, p.dtype, p.device);
-                p.copy_(t);
-            }
+                source.LoadInto(name, p);
         }
     }
 

@@ -9,6 +9,8 @@ namespace OmniConsistency.Inference.IO;
 /// </summary>
 public sealed class SafetensorsCheckpoint : IDisposable
 {
+    private const long MaxIndexBytes = 100_000_000;
+
     private readonly List<SafetensorsFile> _files;
     private readonly Dictionary<string, SafetensorsFile> _byKey;
 
@@ -53,10 +55,14 @@ public sealed class SafetensorsCheckpoint : IDisposable
     {
         if (!File.Exists(indexPath)) throw new SafetensorsFormatException(indexPath, "index file not found");
         var dir = Path.GetDirectoryName(Path.GetFullPath(indexPath))!;
+        // Real indexes are ~100 kB; refuse to read anything absurdly large into memory.
+        long indexBytes = new FileInfo(indexPath).Length;
+        if (indexBytes > MaxIndexBytes) throw new SafetensorsFormatException(indexPath, $"index file is {indexBytes} bytes, over the {MaxIndexBytes}-byte limit");
         Dictionary<string, string> weightMap;
         try
         {
             using var doc = JsonDocument.Parse(File.ReadAllBytes(indexPath));
+            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new SafetensorsFormatException(indexPath, "index is not a JSON object");
             if (!doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
                 throw new SafetensorsFormatException(indexPath, "index has no weight_map object");
             weightMap = new(StringComparer.Ordinal);
@@ -102,6 +108,9 @@ public sealed class SafetensorsCheckpoint : IDisposable
     public SafetensorsTensorInfo Info(string key) => FileOf(key).Info(key);
 
     public Tensor Load(string key, ScalarType? dtype = null, Device? device = null) => FileOf(key).Load(key, dtype, device);
+
+    /// <summary>Loads a tensor into an existing tensor of the same shape (see <see cref="SafetensorsFile.LoadInto"/>).</summary>
+    public void LoadInto(string key, Tensor destination) => FileOf(key).LoadInto(key, destination);
 
     private SafetensorsFile FileOf(string key) =>
         _byKey.TryGetValue(key, out var f) ? f : throw new SafetensorsFormatException(Source, $"no tensor named '{key}'");

@@ -1,5 +1,6 @@
-using System.Text;
+using System.Buffers.Binary;
 using System.Text.Json;
+using Microsoft.Win32.SafeHandles;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -13,23 +14,28 @@ public sealed record SafetensorsTensorInfo(string Name, SafetensorsDType DType, 
 }
 
 /// <summary>
-/// One safetensors file, memory-mapped and read lazily: the header is parsed and validated on open, tensor data is
-/// touched only when a tensor is loaded, and each load produces a new tensor of the requested dtype/device, so the
-/// peak host memory of loading a model is the model itself plus the (reclaimable) page cache.
-/// TorchSharp has no safetensors reader of its own; TorchSharp.PyBridge's reads whole files into memory.
+/// One safetensors file, read lazily: the header is parsed and fully validated on open (bounds, overlaps, sizes), and
+/// tensor data is read only when a tensor is loaded, each load producing a new tensor of the requested dtype/device.
+/// The file stays open (a handle, not a mapping) until disposed, so loading a model costs the model itself plus one
+/// tensor at a time. TorchSharp has no safetensors reader of its own; TorchSharp.PyBridge's reads whole files into memory.
 /// </summary>
 public sealed class SafetensorsFile : IDisposable
 {
     // The reference implementation refuses headers above 100 MB; FLUX.1-dev's largest is ~100 kB.
     private const long MaxHeaderBytes = 100_000_000;
 
-    private readonly Dictionary<ScalarType, Tensor> _maps = new();
-    private readonly object _gate = new();
-    private bool _disposed;
+    /// <summary>Bytes per read; large tensors are read in such chunks in parallel (page faults on the destination
+    /// dominate a read from the page cache, so several threads help).</summary>
+    internal const long ReadChunkBytes = 16L << 20;
+    private static readonly int ReadThreads = Math.Clamp(Environment.ProcessorCount, 1, 8);
 
-    private SafetensorsFile(string path, long fileLength, long dataStart, Dictionary<string, SafetensorsTensorInfo> tensors, Dictionary<string, string> metadata)
+    private readonly SafeFileHandle _handle;
+    private volatile bool _disposed;
+
+    private SafetensorsFile(string path, SafeFileHandle handle, long fileLength, long dataStart, Dictionary<string, SafetensorsTensorInfo> tensors, Dictionary<string, string> metadata)
     {
         FilePath = path;
+        _handle = handle;
         FileLength = fileLength;
         DataStart = dataStart;
         Tensors = tensors;
@@ -46,25 +52,47 @@ public sealed class SafetensorsFile : IDisposable
     public static SafetensorsFile Open(string path)
     {
         if (!File.Exists(path)) throw new SafetensorsFormatException(path, "file not found");
-        using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
-        long length = fs.Length;
-        if (length < 8) throw new SafetensorsFormatException(path, $"file is {length} bytes long, shorter than the 8-byte header length (truncated or not a safetensors file)");
-        Span<byte> lenBytes = stackalloc byte[8];
-        fs.ReadExactly(lenBytes);
-        ulong headerLen = BitConverter.ToUInt64(lenBytes);
-        if (headerLen > (ulong)(length - 8))
-            throw new SafetensorsFormatException(path, $"header length {headerLen} runs past the end of the file ({length} bytes; truncated or not a safetensors file)");
-        if (headerLen > MaxHeaderBytes) throw new SafetensorsFormatException(path, $"header length {headerLen} exceeds the {MaxHeaderBytes}-byte limit");
-        if (headerLen < 2) throw new SafetensorsFormatException(path, "header is empty");
-        var header = new byte[headerLen];
-        fs.ReadExactly(header);
-        long dataStart = 8 + (long)headerLen;
-        var (tensors, metadata) = ParseHeader(path, header, length - dataStart);
-        return new SafetensorsFile(path, length, dataStart, tensors, metadata);
+        var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        try
+        {
+            long length = RandomAccess.GetLength(handle);
+            if (length < 8) throw new SafetensorsFormatException(path, $"file is {length} bytes long, shorter than the 8-byte header length (truncated or not a safetensors file)");
+            Span<byte> lenBytes = stackalloc byte[8];
+            ReadFully(path, handle, lenBytes, 0, "the header length");
+            ulong headerLen = BinaryPrimitives.ReadUInt64LittleEndian(lenBytes);
+            if (headerLen > (ulong)(length - 8))
+                throw new SafetensorsFormatException(path, $"header length {headerLen} runs past the end of the file ({length} bytes; truncated or not a safetensors file)");
+            if (headerLen > MaxHeaderBytes) throw new SafetensorsFormatException(path, $"header length {headerLen} exceeds the {MaxHeaderBytes}-byte limit");
+            if (headerLen < 2) throw new SafetensorsFormatException(path, "header is empty");
+            var header = new byte[headerLen];
+            ReadFully(path, handle, header, 8, "the header");
+            long dataStart = 8 + (long)headerLen;
+            var (tensors, metadata) = ParseHeader(path, header, length - dataStart);
+            return new SafetensorsFile(path, handle, length, dataStart, tensors, metadata);
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Reads exactly destination.Length bytes; a file that ends early (truncated after opening) is an error, not a hang.</summary>
+    private static void ReadFully(string path, SafeFileHandle handle, Span<byte> destination, long position, string what)
+    {
+        while (destination.Length > 0)
+        {
+            int n = RandomAccess.Read(handle, destination, position);
+            if (n <= 0) throw new SafetensorsFormatException(path, $"file ended at byte {position} while reading {what} (truncated since it was opened?)");
+            destination = destination[n..];
+            position += n;
+        }
     }
 
     private static (Dictionary<string, SafetensorsTensorInfo>, Dictionary<string, string>) ParseHeader(string path, byte[] header, long dataSize)
     {
+        // JsonDocument validates UTF-8 lazily (GetString would throw InvalidOperationException), so check it first.
+        if (!System.Text.Unicode.Utf8.IsValid(header)) throw new SafetensorsFormatException(path, "header is not valid UTF-8");
         JsonDocument doc;
         try
         {
@@ -84,15 +112,17 @@ public sealed class SafetensorsFile : IDisposable
             if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new SafetensorsFormatException(path, "header is not a JSON object");
             var tensors = new Dictionary<string, SafetensorsTensorInfo>(StringComparer.Ordinal);
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
+            var seen = new HashSet<string>(StringComparer.Ordinal);
             foreach (var prop in doc.RootElement.EnumerateObject())
             {
+                if (!seen.Add(prop.Name)) throw new SafetensorsFormatException(path, $"'{prop.Name}' appears twice in the header");
                 if (prop.Name == "__metadata__")
                 {
                     if (prop.Value.ValueKind != JsonValueKind.Object) throw new SafetensorsFormatException(path, "__metadata__ is not an object");
                     foreach (var m in prop.Value.EnumerateObject())
                     {
                         if (m.Value.ValueKind != JsonValueKind.String) throw new SafetensorsFormatException(path, $"__metadata__ value '{m.Name}' is not a string");
-                        metadata[m.Name] = m.Value.GetString()!;
+                        if (!metadata.TryAdd(m.Name, m.Value.GetString()!)) throw new SafetensorsFormatException(path, $"__metadata__ key '{m.Name}' appears twice");
                     }
                     continue;
                 }
@@ -136,7 +166,8 @@ public sealed class SafetensorsFile : IDisposable
         if (!v.TryGetProperty("data_offsets", out var off) || off.ValueKind != JsonValueKind.Array || off.GetArrayLength() != 2)
             throw new SafetensorsFormatException(path, $"tensor '{name}' has no [begin, end] data_offsets");
         var o = off.EnumerateArray().ToArray();
-        if (!o[0].TryGetInt64(out var begin) || !o[1].TryGetInt64(out var end) || begin < 0 || end < begin)
+        long begin = 0, end = 0;
+        if (o.Any(e => e.ValueKind != JsonValueKind.Number) || !o[0].TryGetInt64(out begin) || !o[1].TryGetInt64(out end) || begin < 0 || end < begin)
             throw new SafetensorsFormatException(path, $"tensor '{name}' has invalid data_offsets [{o[0]}, {o[1]}]");
         if (end > dataSize)
             throw new SafetensorsFormatException(path, $"tensor '{name}' data_offsets [{begin}, {end}) are out of bounds: the data section has {dataSize} bytes (truncated file?)");
@@ -164,56 +195,72 @@ public sealed class SafetensorsFile : IDisposable
         var target = dtype ?? SafetensorsDTypes.NaturalType(info.DType);
         device ??= CPU;
         using var scope = NewDisposeScope();
-        Tensor result;
-        if (info.ElementCount == 0)
-        {
-            result = empty(info.Shape, target, device);
-        }
-        else
-        {
-            var raw = RawView(info);
-            if (info.DType is SafetensorsDType.F8_E4M3 or SafetensorsDType.F8_E5M2)
-                raw = DecodeFp8(raw, info.DType);
-            // copy: true so the result never aliases the file mapping, even when dtype and device already match.
-            result = raw.to(target, device, copy: true).contiguous();
-        }
+        var result = info.ElementCount == 0 ? empty(info.Shape, target, device) : ReadDecoded(info).to(target, device);
         return result.MoveToOuterDisposeScope();
     }
 
-    private Tensor RawView(SafetensorsTensorInfo info)
+    /// <summary>
+    /// Loads one tensor into an existing tensor of the same shape (typically a module parameter), converting dtype and
+    /// device as needed. A contiguous CPU destination of the stored dtype is read into directly: no temporary, one copy.
+    /// </summary>
+    public void LoadInto(string name, Tensor destination)
     {
-        var storage = SafetensorsDTypes.StorageType(info.DType);
-        int es = SafetensorsDTypes.ElementSize(info.DType);
-        long absolute = DataStart + info.Begin;
-        if (absolute % es == 0)
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var info = Info(name);
+        if (!destination.shape.SequenceEqual(info.Shape))
+            throw new ArgumentException($"Tensor '{name}' of {FilePath} has shape [{string.Join(",", info.Shape)}] but the destination has [{string.Join(",", destination.shape)}].", nameof(destination));
+        if (info.ElementCount == 0) return;
+        if (destination.device_type == DeviceType.CPU && destination.is_contiguous() && ReadsDirectly(info.DType)
+            && destination.dtype == SafetensorsDTypes.StorageType(info.DType))
         {
-            var map = MapFor(storage, es);
-            return map.narrow(0, absolute / es, info.ElementCount).view(info.Shape);
+            ReadInto(info, destination);
+            return;
         }
-        // Unaligned offsets are legal but rare (writers pad); read the bytes instead of mapping.
-        var bytes = new byte[info.ByteLength];
-        using (var fs = new FileStream(FilePath, FileMode.Open, FileAccess.Read, FileShare.Read))
-        {
-            fs.Seek(absolute, SeekOrigin.Begin);
-            fs.ReadExactly(bytes);
-        }
-        var t = empty(info.Shape, storage);
-        t.bytes = bytes;
-        return t;
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        destination.copy_(ReadDecoded(info));
     }
 
-    private Tensor MapFor(ScalarType storage, int elementSize)
+    private static bool ReadsDirectly(SafetensorsDType d) => d is not (SafetensorsDType.BOOL or SafetensorsDType.F8_E4M3 or SafetensorsDType.F8_E5M2);
+
+    /// <summary>The tensor's values as a new CPU tensor of its natural type (FP8 decoded, BOOL normalised).</summary>
+    private Tensor ReadDecoded(SafetensorsTensorInfo info)
     {
-        lock (_gate)
+        // BOOL is read as bytes and compared with 0: torch's bool kernels assume every byte is 0 or 1.
+        var storage = ReadsDirectly(info.DType) ? SafetensorsDTypes.StorageType(info.DType) : ScalarType.Byte;
+        var raw = empty(info.Shape, storage);
+        ReadInto(info, raw);
+        return info.DType switch
         {
-            if (!_maps.TryGetValue(storage, out var map))
-            {
-                // MAP_PRIVATE mapping of the whole file; pages are read on first touch only.
-                map = from_file(FilePath, shared: false, size: FileLength / elementSize, dtype: storage);
-                map.DetachFromDisposeScope();
-                _maps[storage] = map;
-            }
-            return map;
+            SafetensorsDType.F8_E4M3 or SafetensorsDType.F8_E5M2 => DecodeFp8(raw, info.DType),
+            SafetensorsDType.BOOL => raw.ne(0),
+            _ => raw,
+        };
+    }
+
+    /// <summary>
+    /// Reads the tensor's bytes into a contiguous CPU tensor of the same byte size, in parallel chunks. A read (pread)
+    /// rather than a file mapping: mapped pages count in the process's resident set for as long as the mapping lives,
+    /// which doubled the peak RSS of loading a model (the weights plus the whole mapped file).
+    /// </summary>
+    private void ReadInto(SafetensorsTensorInfo info, Tensor destination)
+    {
+        long elementSize = SafetensorsDTypes.ElementSize(info.DType);
+        long chunkElements = Math.Max(1, ReadChunkBytes / elementSize);
+        using var flat = destination.view(-1);
+        var parts = new List<(long Offset, Tensor View)>();
+        try
+        {
+            for (long first = 0; first < info.ElementCount; first += chunkElements)
+                parts.Add((first * elementSize, flat.narrow(0, first, Math.Min(chunkElements, info.ElementCount - first))));
+            if (parts.Count == 1)
+                ReadFully(FilePath, _handle, parts[0].View.bytes, DataStart + info.Begin, $"tensor '{info.Name}'");
+            else
+                Parallel.ForEach(parts, new ParallelOptions { MaxDegreeOfParallelism = ReadThreads }, p => ReadFully(FilePath, _handle, p.View.bytes, DataStart + info.Begin + p.Offset, $"tensor '{info.Name}'"));
+        }
+        finally
+        {
+            foreach (var (_, view) in parts) view.Dispose();
         }
     }
 
@@ -234,12 +281,8 @@ public sealed class SafetensorsFile : IDisposable
 
     public void Dispose()
     {
-        lock (_gate)
-        {
-            if (_disposed) return;
-            _disposed = true;
-            foreach (var m in _maps.Values) m.Dispose();
-            _maps.Clear();
-        }
+        if (_disposed) return;
+        _disposed = true;
+        _handle.Dispose();
     }
 }
