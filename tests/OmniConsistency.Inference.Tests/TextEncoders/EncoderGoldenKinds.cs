@@ -1,0 +1,31 @@
+using OmniConsistency.Inference.Nn;
+using OmniConsistency.Inference.TextEncoders;
+using OmniConsistency.Inference.Tests.Golden;
+using static TorchSharp.torch;
+
+namespace OmniConsistency.Inference.Tests.TextEncoders;
+
+[GoldenKind("clip_text")]
+public sealed class ClipTextKind : IGoldenKindRunner
+{
+    public IReadOnlyDictionary<string, Tensor> Run(GoldenCase c)
+    {
+        using var model = ClipTextModel.FromPretrained(Path.Combine(c.ModelPath, "text_encoder"), ParameterFactory.Cpu());
+        var output = model.forward(c.Input("input_ids"));
+        return new Dictionary<string, Tensor>
+        {
+            ["last_hidden_state"] = output.LastHiddenState,
+            ["pooler_output"] = output.PooledOutput,
+        };
+    }
+}
+
+[GoldenKind("t5_text")]
+public sealed class T5TextKind : IGoldenKindRunner
+{
+    public IReadOnlyDictionary<string, Tensor> Run(GoldenCase c)
+    {
+        using var model = T5EncoderModel.FromPretrained(Path.Combine(c.ModelPath, "text_encoder_2"), ParameterFactory.Cpu());
+        return new Dictionary<string, Tensor> { ["last_hidden_state"] = model.forward(c.Input("input_ids")) };
+    }
+}
