@@ -29,3 +29,21 @@ public sealed class T5TextKind : IGoldenKindRunner
         return new Dictionary<string, Tensor> { ["last_hidden_state"] = model.forward(c.Input("input_ids")) };
     }
 }
+
+[GoldenKind("encode_prompt")]
+public sealed class EncodePromptKind : IGoldenKindRunner
+{
+    public IReadOnlyDictionary<string, Tensor> Run(GoldenCase c)
+    {
+        using var encoder = PromptEncoder.FromPretrained(c.ModelPath, ParameterFactory.Cpu());
+        int images = c.Params.TryGetProperty("num_images_per_prompt", out var n) ? n.GetInt32() : 1;
+        var encoded = encoder.Encode(c.Params.GetProperty("prompt").GetString()!, null,
+            c.Params.GetProperty("max_sequence_length").GetInt32(), images);
+        return new Dictionary<string, Tensor>
+        {
+            ["prompt_embeds"] = encoded.PromptEmbeds,
+            ["pooled_prompt_embeds"] = encoded.PooledPromptEmbeds,
+            ["text_ids"] = encoded.TextIds,
+        };
+    }
+}
