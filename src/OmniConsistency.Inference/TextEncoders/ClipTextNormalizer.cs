@@ -35,17 +35,21 @@ internal static class ClipTextNormalizer
     /// <c>re.findall</c> of <c>&lt;\|startoftext\|&gt;|&lt;\|endoftext\|&gt;|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+</c>
     /// (regex module, IGNORECASE), alternatives tried in order at each position.
     /// </summary>
-    public static List<string> PreTokenize(string text)
+    public static List<string> PreTokenize(string text) =>
+        PreTokenizeSpans(text).Select(w => text.Substring(w.Start, w.Length)).ToList();
+
+    /// <summary><see cref="PreTokenize"/> as (start, length) spans of <paramref name="text"/>.</summary>
+    public static List<(int Start, int Length)> PreTokenizeSpans(string text)
     {
         string[] literals = ["<|startoftext|>", "<|endoftext|>", "'s", "'t", "'re", "'ve", "'m", "'ll", "'d"];
-        var words = new List<string>();
+        var words = new List<(int Start, int Length)>();
         int i = 0;
         while (i < text.Length)
         {
             var literal = literals.FirstOrDefault(l => MatchesIgnoreCase(text, i, l));
             if (literal is not null)
             {
-                words.Add(text.Substring(i, literal.Length));
+                words.Add((i, literal.Length));
                 i += literal.Length;
                 continue;
             }
@@ -54,18 +58,18 @@ internal static class ClipTextNormalizer
             if (IsLetter(r))
             {
                 while (i < text.Length && IsLetter(Rune.GetRuneAt(text, i))) i += Rune.GetRuneAt(text, i).Utf16SequenceLength;
-                words.Add(text[start..i]);
+                words.Add((start, i - start));
             }
             else if (IsNumber(r))
             {
                 i += r.Utf16SequenceLength;
-                words.Add(text[start..i]);
+                words.Add((start, i - start));
             }
             else if (!IsRegexSpace(r.Value))
             {
                 while (i < text.Length && Rune.GetRuneAt(text, i) is var o && !IsRegexSpace(o.Value) && !IsLetter(o) && !IsNumber(o))
                     i += o.Utf16SequenceLength;
-                words.Add(text[start..i]);
+                words.Add((start, i - start));
             }
             else i += r.Utf16SequenceLength;
         }

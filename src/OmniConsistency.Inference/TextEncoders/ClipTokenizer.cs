@@ -105,7 +105,8 @@ public sealed class ClipTokenizer : IPromptTokenizer
         int length = maxLength ?? DefaultMaxLength;
         if (length < 2) throw new ArgumentOutOfRangeException(nameof(maxLength), length, "CLIP needs room for bos and eos (max length >= 2)");
 
-        var ids = Tokenize(text);
+        var t = Analyze(text);
+        var ids = t.Ids;
         int keep = Math.Min(ids.Count, length - 2);
         var inputIds = new long[length];
         var mask = new long[length];
@@ -114,34 +115,75 @@ public sealed class ClipTokenizer : IPromptTokenizer
         inputIds[1 + keep] = EosId;
         for (int i = 2 + keep; i < length; i++) inputIds[i] = PadId;
         for (int i = 0; i < keep + 2; i++) mask[i] = 1;
-        var dropped = ids.Skip(keep).ToList();
-        return new TokenizationResult(inputIds, mask, ids.Count + 2, dropped.Count, Decode(dropped));
+        return new TokenizationResult(inputIds, mask, ids.Count + 2, ids.Count - keep, t.TextFrom(keep, this));
     }
 
     /// <summary>The token ids of a text without bos/eos, untruncated.</summary>
-    public List<long> Tokenize(string text)
+    public List<long> Tokenize(string text) => Analyze(text).Ids;
+
+    /// <summary>The prompt as the tokenizer sees it: cleaned, lowercased, words separated by single spaces.</summary>
+    public string Normalize(string text) => Analyze(text).Normalized;
+
+    private Tokenized Analyze(string text)
     {
         var ids = new List<long>();
-        foreach (var piece in AddedTokens.Split(text, _addedTokens))
+        var tokenWord = new List<int>();
+        var words = new List<(int Start, int End)>();
+        var normalized = new StringBuilder();
+        void AddWord(string word, IEnumerable<long> wordIds)
         {
-            if (piece.Token is not null)
+            words.Add((normalized.Length, normalized.Length + word.Length));
+            normalized.Append(word);
+            foreach (var id in wordIds)
             {
-                ids.Add(piece.Token.Id);
-                continue;
-            }
-            foreach (var word in ClipTextNormalizer.PreTokenize(ClipTextNormalizer.Clean(piece.Text)))
-            {
-                if (_specialPreTokens.TryGetValue(word, out var special))
-                {
-                    ids.Add(special);
-                    continue;
-                }
-                var wordIds = _bpe.EncodeToIds(word, considerPreTokenization: false, considerNormalization: false);
-                if (wordIds.Count == 0) ids.Add(_unkId);
-                else ids.AddRange(wordIds.Select(i => (long)i));
+                ids.Add(id);
+                tokenWord.Add(words.Count - 1);
             }
         }
-        return ids;
+        foreach (var piece in AddedTokens.Split(text, _addedTokens))
+        {
+            if (normalized.Length > 0 && normalized[^1] != ' ') normalized.Append(' ');
+            if (piece.Token is not null)
+            {
+                AddWord(piece.Token.Content, [piece.Token.Id]);
+                continue;
+            }
+            var cleaned = ClipTextNormalizer.Clean(piece.Text);
+            int at = 0;
+            foreach (var (start, length) in ClipTextNormalizer.PreTokenizeSpans(cleaned))
+            {
+                normalized.Append(cleaned, at, start - at);
+                at = start + length;
+                var word = cleaned.Substring(start, length);
+                AddWord(word, WordIds(word));
+            }
+            normalized.Append(cleaned, at, cleaned.Length - at);
+        }
+        return new Tokenized(ids, tokenWord, words, normalized.ToString().TrimEnd());
+    }
+
+    private IEnumerable<long> WordIds(string word)
+    {
+        if (_specialPreTokens.TryGetValue(word, out var special)) return [special];
+        var wordIds = _bpe.EncodeToIds(word, considerPreTokenization: false, considerNormalization: false);
+        return wordIds.Count == 0 ? [_unkId] : wordIds.Select(i => (long)i);
+    }
+
+    private sealed record Tokenized(List<long> Ids, List<int> TokenWord, List<(int Start, int End)> Words, string Normalized)
+    {
+        /// <summary>The normalised text from token <paramref name="first"/> on: the rest of a word split by the cut
+        /// (decoded from its tokens), then the text of the following words.</summary>
+        public string TextFrom(int first, ClipTokenizer tokenizer)
+        {
+            if (first >= Ids.Count) return "";
+            int word = TokenWord[first];
+            if (first == 0 || TokenWord[first - 1] != word)
+                return Normalized[Math.Min(Words[word].Start, Normalized.Length)..].Trim();
+            int last = first;
+            while (last + 1 < Ids.Count && TokenWord[last + 1] == word) last++;
+            var partial = tokenizer.Decode(Ids.Skip(first).Take(last - first + 1));
+            return (partial + Normalized[Math.Min(Words[word].End, Normalized.Length)..]).Trim();
+        }
     }
 
     /// <summary>Ids back to text: tokens joined, <c>&lt;/w&gt;</c> as a space, byte-level characters to UTF-8 bytes.</summary>
