@@ -19,6 +19,10 @@ public sealed record ParameterFactory(ScalarType DType, Device Device)
     public Parameter Create(params long[] shape)
     {
         var t = empty(shape, DType, Device);
-        return new Parameter(t, requires_grad: false);
+        var p = new Parameter(t, requires_grad: false);
+        // A module owns its parameters: without this, a model built inside a DisposeScope loses its weights
+        // when that scope ends.
+        p.DetachFromDisposeScope();
+        return p;
     }
 }
