@@ -42,7 +42,7 @@ public sealed record LoraModule(string Component, string Target, Tensor A, Tenso
 public sealed class LoraAdapter : IDisposable
 {
     private readonly IReadOnlyList<Tensor> _tensors;
-    private bool _disposed;
+    private int _disposed;
 
     internal LoraAdapter(string source, IReadOnlySet<LoraFormat> formats, IReadOnlyList<LoraModule> modules,
         IReadOnlyList<string> unsupportedKeys, IReadOnlyList<string> warnings, string targetsFingerprint)
@@ -74,14 +74,14 @@ public sealed class LoraAdapter : IDisposable
     public Device Device { get; }
     /// <summary>Memory held by its tensors (shared tensors counted once).</summary>
     public long Bytes { get; }
-    public bool IsDisposed => _disposed;
+    public bool IsDisposed => Volatile.Read(ref _disposed) != 0;
 
     public IEnumerable<LoraModule> ModulesOf(string component) => Modules.Where(m => m.Component == component);
 
     /// <summary>A copy of this adapter on another device (same dtype), e.g. a host-cached adapter uploaded to the GPU.</summary>
     public LoraAdapter CopyTo(Device device)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
         var map = new Dictionary<Tensor, Tensor>(ReferenceEqualityComparer.Instance);
         Tensor Copy(Tensor t)
         {
@@ -108,8 +108,7 @@ public sealed class LoraAdapter : IDisposable
 
     public void Dispose()
     {
-        if (_disposed) return;
-        _disposed = true;
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         foreach (var t in _tensors) t.Dispose();
     }
 }
