@@ -85,7 +85,7 @@ public sealed class LoraAdapterSet
                     problems.Add($"{adapter.Source}: {m.Target} is [{linear.OutFeatures},{linear.InFeatures}] but the adapter is [{m.B.shape[0]},{m.A.shape[1]}]");
                     continue;
                 }
-                if (m.A.dtype != linear.weight.dtype || m.A.device != linear.weight.device)
+                if (m.A.dtype != linear.weight.dtype || m.A.device_type != linear.weight.device_type || m.A.device_index != linear.weight.device_index)
                 {
                     problems.Add($"{adapter.Source}: adapter is {m.A.dtype} on {m.A.device} but {m.Target} is {linear.weight.dtype} on {linear.weight.device}");
                     continue;
