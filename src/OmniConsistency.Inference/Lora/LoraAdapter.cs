@@ -30,7 +30,10 @@ public static class LoraComponent
 /// </summary>
 public sealed record LoraModule(string Component, string Target, Tensor A, Tensor B, Tensor? BBias, double Scale)
 {
-    public long Rank => A.shape[0];
+    // Kept as plain numbers: attaching checks hundreds of modules per style switch, without native calls.
+    public long Rank { get; } = A.shape[0];
+    public long In { get; } = A.shape[1];
+    public long Out { get; } = B.shape[0];
 }
 
 /// <summary>

@@ -55,6 +55,31 @@ public sealed class LoraAdapterSet
         _ => Attach(transformer, textEncoder),
     };
 
+    /// <summary>The bytes <see cref="Merge"/> would copy to be able to restore: every adapted weight, once.</summary>
+    public long MergeBackupBytes(LoraTargetModules transformer, LoraTargetModules? textEncoder = null)
+    {
+        var seen = new HashSet<(string, string)>();
+        long bytes = 0;
+        foreach (var (adapter, weight) in _entries)
+        {
+            if (weight * LoraScale == 0) continue;
+            foreach (var m in adapter.Modules)
+            {
+                var targets = m.Component == LoraComponent.TextEncoder ? textEncoder : transformer;
+                if (targets is null || !targets.TryGet(m.Target, out var linear) || !seen.Add((m.Component, m.Target))) continue;
+                bytes += linear.InFeatures * linear.OutFeatures * ElementSize(adapter.DType);
+            }
+        }
+        return bytes;
+    }
+
+    private static int ElementSize(TorchSharp.torch.ScalarType t) => t switch
+    {
+        TorchSharp.torch.ScalarType.Float64 => 8,
+        TorchSharp.torch.ScalarType.Float32 => 4,
+        _ => 2,
+    };
+
     /// <summary>One term of a module's update: factor · (B (A x) + bias).</summary>
     internal sealed record Term(TorchSharp.torch.Tensor A, TorchSharp.torch.Tensor B, TorchSharp.torch.Tensor? Bias, double Factor);
 
@@ -67,27 +92,27 @@ public sealed class LoraAdapterSet
         foreach (var (adapter, weight) in _entries)
         {
             ObjectDisposedException.ThrowIf(adapter.IsDisposed, adapter);
+            // dtype and device are checked once per adapter and component (all its tensors share them).
+            foreach (var component in adapter.Modules.Select(m => m.Component).Distinct())
+            {
+                var t = component == LoraComponent.TextEncoder ? textEncoder : transformer;
+                if (t is null)
+                    problems.Add($"{adapter.Source}: has {component} modules but no {component} was given to attach to");
+                else if (adapter.DType != t.DType || adapter.Device.type != t.Device.type || adapter.Device.index != t.Device.index)
+                    problems.Add($"{adapter.Source}: adapter is {adapter.DType} on {adapter.Device} but the {component} is {t.DType} on {t.Device}");
+            }
+            if (problems.Count > 0) continue;
             foreach (var m in adapter.Modules)
             {
-                var targets = m.Component == LoraComponent.TextEncoder ? textEncoder : transformer;
-                if (targets is null)
-                {
-                    problems.Add($"{adapter.Source}: {m.Component} module {m.Target}: no {m.Component} was given to attach to");
-                    continue;
-                }
+                var targets = m.Component == LoraComponent.TextEncoder ? textEncoder! : transformer;
                 if (!targets.TryGet(m.Target, out var linear))
                 {
                     problems.Add($"{adapter.Source}: {m.Target} is not a Linear of the model");
                     continue;
                 }
-                if (m.A.shape[1] != linear.InFeatures || m.B.shape[0] != linear.OutFeatures)
+                if (m.In != linear.InFeatures || m.Out != linear.OutFeatures)
                 {
-                    problems.Add($"{adapter.Source}: {m.Target} is [{linear.OutFeatures},{linear.InFeatures}] but the adapter is [{m.B.shape[0]},{m.A.shape[1]}]");
-                    continue;
-                }
-                if (m.A.dtype != linear.weight.dtype || m.A.device_type != linear.weight.device_type || m.A.device_index != linear.weight.device_index)
-                {
-                    problems.Add($"{adapter.Source}: adapter is {m.A.dtype} on {m.A.device} but {m.Target} is {linear.weight.dtype} on {linear.weight.device}");
+                    problems.Add($"{adapter.Source}: {m.Target} is [{linear.OutFeatures},{linear.InFeatures}] but the adapter is [{m.Out},{m.In}]");
                     continue;
                 }
                 double factor = weight * LoraScale * m.Scale;

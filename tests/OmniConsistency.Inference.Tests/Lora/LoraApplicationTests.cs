@@ -81,6 +81,7 @@ public class LoraApplicationTests
         {
             Assert.Equal(all.Length, merged.ModuleCount);
             Assert.Equal(before.Values.Sum(w => w.NumberOfElements * 4), merged.BackupBytes);
+            Assert.Equal(merged.BackupBytes, set.MergeBackupBytes(targets));
             foreach (var m in all)
                 Assert.True((Out(model, m, xs[m]) - runtime[m]).abs().max().item<float>() < 1e-4, m);
         }
@@ -126,5 +127,24 @@ public class LoraApplicationTests
             Assert.True((y.to(ScalarType.Float32) - expected).abs().max().item<float>() < 0.25);
         }
         Assert.True(Out(model, "x_embedder", x).eq(baseY).all().item<bool>());
+    }
+
+    [Fact]
+    public void PolicyMergesLongGenerationsWhoseBackupFits()
+    {
+        using var scope = NewDisposeScope();
+        using var dir = new TempFolder();
+        using var model = new LinearTree(Shapes);
+        var targets = new LoraTargetModules(model);
+        using var a = LoraLoader.Load(WritePeft(dir, "a.safetensors", 10, 2, null, "proj_out", "x_embedder"), new LoraModelTargets(targets.Shapes), ScalarType.Float32, CPU);
+        var set = new LoraAdapterSet().Add(a);
+        long backup = set.MergeBackupBytes(targets);
+        Assert.Equal((16 * 8 + 8 * 16) * 4, backup);
+        var policy = new LoraApplicationPolicy { MinForwardPassesToMerge = 4, MergeBackupBudgetBytes = backup };
+        Assert.Equal(LoraApplication.Merged, policy.Choose(set, targets, 26));
+        Assert.Equal(LoraApplication.RunTime, policy.Choose(set, targets, 3));
+        Assert.Equal(LoraApplication.RunTime, (policy with { MergeBackupBudgetBytes = backup - 1 }).Choose(set, targets, 26));
+        Assert.Equal(LoraApplication.RunTime, policy.Choose(new LoraAdapterSet(), targets, 26));
+        using (set.Apply(policy.Choose(set, targets, 26), targets)) Assert.All(model.Linears.Values, l => Assert.Null(l.Adapter));
     }
 }
