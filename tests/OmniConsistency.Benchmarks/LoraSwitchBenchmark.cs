@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using OmniConsistency.Inference.Flux;
 using OmniConsistency.Inference.IO;
 using OmniConsistency.Inference.Lora;
 using OmniConsistency.Inference.Nn;
@@ -8,19 +9,18 @@ using static TorchSharp.torch;
 namespace OmniConsistency.Benchmarks;
 
 /// <summary>
-/// Style switching and per-step LoRA cost on a mid-size FLUX-shaped model (inner 384, MLP 1536, 2 double + 4 single
-/// blocks) with a rank-16 LoRA on every block Linear (FLUX.1-dev rank 128 scaled by 384/3072).
-/// This variant runs the model's Linear layers only (each on the tokens it sees in the real transformer: image,
-/// text, text+image, or the one conditioning row), which is where the LoRA cost lives; attention is left out, so
-/// LoRA shares of a real step are upper bounds. Options: --tokens N (image tokens, default 1024), --text T (512),
-/// --dtype fp32|bf16 (fp32), --rounds R (7), --threads K.
+/// Style switching and per-step LoRA cost on the mid-size FLUX config (inner 384 = 3 heads x 128, MLP 1536, 2 double +
+/// 4 single blocks, T5/CLIP widths 4096/768) with a rank-16 LoRA on every block Linear (FLUX.1-dev rank 128 scaled by
+/// 384/3072). One step = one transformer forward on N image + T text tokens. Options: --tokens N (image tokens,
+/// default 1024), --text T (512), bf16 (default fp32), --rounds R (7), --threads K, --linears (run only the model's
+/// Linear layers, each on the tokens it sees: no attention, so LoRA shares come out as upper bounds).
 /// </summary>
 public sealed class LoraSwitchBenchmark : IBenchmark
 {
     public string Name => "lora-switch";
-    public string Description => "style switch (cache hit vs disk) and per-step cost of run-time vs merged LoRA (linear layers, mid-size)";
+    public string Description => "style switch (cache hit vs disk) and per-step cost of run-time vs merged LoRA (mid-size FLUX)";
 
-    private const long Inner = 384, Mlp = 4 * Inner, InChannels = 64, Joint = 4096 / 8, Pooled = 768 / 8;
+    private const long Inner = 384, Mlp = 4 * Inner, InChannels = 64, Joint = 4096, Pooled = 768;
     private const int Doubles = 2, Singles = 4, Rank = 16;
 
     public void Run(string[] args)
@@ -32,7 +32,12 @@ public sealed class LoraSwitchBenchmark : IBenchmark
 
         using var inference = torch.inference_mode();
         var shapes = MidSizeShapes();
-        using var model = new LinearStack(shapes, dtype, imageTokens, textTokens);
+        bool linearsOnly = args.Contains("--linears");
+        using var stack = linearsOnly ? new LinearStack(shapes, dtype, imageTokens, textTokens) : null;
+        using var flux = linearsOnly ? null : MidSizeFlux(dtype);
+        var inputs = flux is null ? null : Inputs(imageTokens, textTokens, dtype);
+        nn.Module model = (nn.Module?)stack ?? flux!;
+        long parameterBytes = model.parameters().Sum(p => p.NumberOfElements * p.ElementSize);
         var targets = new LoraTargetModules(model);
         var dir = Directory.CreateTempSubdirectory("lora-bench-").FullName;
         try
@@ -61,16 +66,24 @@ public sealed class LoraSwitchBenchmark : IBenchmark
                 using var merged = new LoraAdapterSet().Add(hitLease.Adapter, 0.8).Merge(targets);
             }
 
-            var switchHit = Timing.Mean(SwitchHit, 200);
-            var switchDisk = Timing.Median(SwitchFromDisk, 9, warmup: 2);
-            var merge = Timing.Median(MergeAndRestore, 9, warmup: 2);
+            var switchHit = LoraTiming.Mean(SwitchHit, 200);
+            var switchDisk = LoraTiming.Median(SwitchFromDisk, 9, warmup: 2);
+            var merge = LoraTiming.Median(MergeAndRestore, 9, warmup: 2);
 
             var set = new LoraAdapterSet().Add(hitLease.Adapter, 0.8);
-            void Step() => model.Step();
+            void Step()
+            {
+                if (stack is not null) stack.Step();
+                else
+                {
+                    using var scope = NewDisposeScope();
+                    flux!.Forward(inputs!);
+                }
+            }
             void StepRunTime()
             {
                 using var a = set.Attach(targets);
-                model.Step();
+                Step();
             }
             // Merged weights are measured inside the same interleaved rounds (merge once, swap in and out by copy).
             var mergedScope = set.Merge(targets);
@@ -85,18 +98,19 @@ public sealed class LoraSwitchBenchmark : IBenchmark
             void StepMerged()
             {
                 Swap(mergedWeights);
-                try { model.Step(); }
+                try { Step(); }
                 finally { Swap(baseWeights); }
             }
-            var swapCost = Timing.Median(() => { Swap(mergedWeights); Swap(baseWeights); }, 5);
-            var steps = Timing.Interleaved([Step, StepRunTime, StepMerged], rounds, warmup: 1);
+            var swapCost = LoraTiming.Median(() => { Swap(mergedWeights); Swap(baseWeights); }, 5);
+            var steps = LoraTiming.Interleaved([Step, StepRunTime, StepMerged], rounds, warmup: 1);
             var baseStep = steps[0];
             var runTimeStep = steps[1];
             var mergedStep = steps[2] - swapCost;
 
-            Console.WriteLine($"Linear-layer stack of the mid-size config (inner {Inner}, {Doubles} double + {Singles} single blocks, " +
-                              $"{targets.Modules.Count} Linears, {model.ParameterBytes / 1e6:F1} MB {dtype}), {imageTokens} image + {textTokens} text tokens, " +
-                              $"rank-{Rank} LoRA on {hitLease.Adapter.Modules.Count} modules ({loraBytes / 1e6:F2} MB), {torch.get_num_threads()} threads; attention not included.");
+            Console.WriteLine((linearsOnly ? "Linear layers only (no attention) of the" : "FluxTransformer2DModel,") +
+                              $" mid-size config (inner {Inner}, {Doubles} double + {Singles} single blocks, {targets.Modules.Count} Linears, " +
+                              $"{parameterBytes / 1e6:F1} MB {dtype}), {imageTokens} image + {textTokens} text tokens, " +
+                              $"rank-{Rank} LoRA on {hitLease.Adapter.Modules.Count} modules ({loraBytes / 1e6:F2} MB), {torch.get_num_threads()} threads, CPU.");
             Console.WriteLine("Wall = median wall time; CPU = median process CPU time (less sensitive to other load on a shared machine).");
             Console.WriteLine();
             Console.WriteLine("| measurement | wall ms | CPU ms | CPU share of one base step |");
@@ -119,7 +133,40 @@ public sealed class LoraSwitchBenchmark : IBenchmark
             Directory.Delete(dir, recursive: true);
         }
 
-        static void Row(string what, Timing t, Timing b) => Console.WriteLine($"| {what} | {t.Wall:F3} | {t.Cpu:F3} | {100 * t.Cpu / b.Cpu:F2}% |");
+        static void Row(string what, LoraTiming t, LoraTiming b) => Console.WriteLine($"| {what} | {t.Wall:F3} | {t.Cpu:F3} | {100 * t.Cpu / b.Cpu:F2}% |");
+    }
+
+    private static FluxTransformer2DModel MidSizeFlux(ScalarType dtype)
+    {
+        var config = new FluxTransformerConfig
+        {
+            NumLayers = Doubles, NumSingleLayers = Singles, NumAttentionHeads = (int)(Inner / 128), AttentionHeadDim = 128,
+            JointAttentionDim = (int)Joint, PooledProjectionDim = (int)Pooled, GuidanceEmbeds = true, InChannels = (int)InChannels, OutChannels = (int)InChannels,
+        };
+        var model = new FluxTransformer2DModel(config, new ParameterFactory(dtype, CPU));
+        var g = new Generator(3);
+        using var scope = NewDisposeScope();
+        foreach (var (name, p) in model.named_parameters())
+        {
+            var u = rand(p.shape, generator: g) * 2 - 1;
+            p.detach().copy_(name.EndsWith(".bias", StringComparison.Ordinal) ? u * 0.1 : p.ndim == 1 ? u * 0.25 + 1 : u / Math.Sqrt(p.shape[1]));
+        }
+        return model;
+    }
+
+    private static FluxTransformerInputs Inputs(long imageTokens, long textTokens, ScalarType dtype)
+    {
+        var g = new Generator(4);
+        long side = (long)Math.Sqrt(imageTokens);
+        long rows = side, cols = imageTokens / side;
+        var ids = zeros(rows * cols, 3);
+        ids[.., 1] = arange(rows, dtype: ScalarType.Float32).repeat_interleave(cols);
+        ids[.., 2] = arange(cols, dtype: ScalarType.Float32).repeat(rows);
+        var inputs = new FluxTransformerInputs(randn([1, rows * cols, InChannels], generator: g).to(dtype), randn([1, textTokens, Joint], generator: g).to(dtype),
+            randn([1, Pooled], generator: g).to(dtype), tensor(new[] { 0.75f }), tensor(new[] { 3.5f }), ids, zeros(textTokens, 3));
+        foreach (var t in new[] { inputs.HiddenStates, inputs.EncoderHiddenStates, inputs.PooledProjections, inputs.Timestep, inputs.Guidance!, inputs.ImageIds, inputs.TextIds })
+            t.DetachFromDisposeScope();
+        return inputs;
     }
 
     private static long LongArg(string[] args, string name, long fallback)
@@ -197,7 +244,6 @@ public sealed class LoraSwitchBenchmark : IBenchmark
                     linear.weight.copy_(randn([shape.Out, shape.In], generator: g).div_(Math.Sqrt(shape.In)));
                     linear.bias!.zero_();
                 }
-                ParameterBytes += linear.weight.NumberOfElements * linear.weight.ElementSize;
                 var parts = name.Split('.');
                 var parent = "";
                 for (int i = 0; i < parts.Length - 1; i++)
@@ -218,8 +264,6 @@ public sealed class LoraSwitchBenchmark : IBenchmark
                 _calls.Add((linear, input));
             }
         }
-
-        public long ParameterBytes { get; }
 
         private static long TokensOf(string name, long image, long text)
         {

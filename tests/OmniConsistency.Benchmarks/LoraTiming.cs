@@ -4,11 +4,11 @@ namespace OmniConsistency.Benchmarks;
 
 /// <summary>Wall and process-CPU milliseconds of an action. CPU time is the steadier figure on a shared machine:
 /// waiting for a core does not count.</summary>
-public readonly record struct Timing(double Wall, double Cpu)
+public readonly record struct LoraTiming(double Wall, double Cpu)
 {
-    public static Timing operator -(Timing a, Timing b) => new(a.Wall - b.Wall, a.Cpu - b.Cpu);
+    public static LoraTiming operator -(LoraTiming a, LoraTiming b) => new(a.Wall - b.Wall, a.Cpu - b.Cpu);
 
-    public static Timing Once(Action action)
+    public static LoraTiming Once(Action action)
     {
         var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
         var sw = Stopwatch.StartNew();
@@ -18,14 +18,14 @@ public readonly record struct Timing(double Wall, double Cpu)
     }
 
     /// <summary>Mean over n runs timed together (for actions far below the clock's resolution).</summary>
-    public static Timing Mean(Action action, int n, int warmup = 10)
+    public static LoraTiming Mean(Action action, int n, int warmup = 10)
     {
         for (int i = 0; i < warmup; i++) action();
         var t = Once(() => { for (int i = 0; i < n; i++) action(); });
         return new(t.Wall / n, t.Cpu / n);
     }
 
-    public static Timing Median(Action action, int n, int warmup = 1)
+    public static LoraTiming Median(Action action, int n, int warmup = 1)
     {
         for (int i = 0; i < warmup; i++) action();
         var runs = Enumerable.Range(0, n).Select(_ => Once(action)).ToList();
@@ -33,13 +33,13 @@ public readonly record struct Timing(double Wall, double Cpu)
     }
 
     /// <summary>Variants run round by round so that load changes hit all alike; the median of each.</summary>
-    public static Timing[] Interleaved(IReadOnlyList<Action> variants, int rounds, int warmup = 1)
+    public static LoraTiming[] Interleaved(IReadOnlyList<Action> variants, int rounds, int warmup = 1)
     {
         foreach (var v in variants) for (int i = 0; i < warmup; i++) v();
-        var runs = variants.Select(_ => new List<Timing>()).ToArray();
+        var runs = variants.Select(_ => new List<LoraTiming>()).ToArray();
         for (int r = 0; r < rounds; r++)
             for (int i = 0; i < variants.Count; i++) runs[i].Add(Once(variants[i]));
-        return runs.Select(x => new Timing(Mid(x.Select(t => t.Wall)), Mid(x.Select(t => t.Cpu)))).ToArray();
+        return runs.Select(x => new LoraTiming(Mid(x.Select(t => t.Wall)), Mid(x.Select(t => t.Cpu)))).ToArray();
     }
 
     private static double Mid(IEnumerable<double> xs)

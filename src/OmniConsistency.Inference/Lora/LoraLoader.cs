@@ -90,7 +90,8 @@ public static class LoraLoader
 
     private static double ReadAlpha(SafetensorsFile file, string key)
     {
-        using var t = file.Load(key, ScalarType.Float64);
+        using var scope = NewDisposeScope();
+        var t = file.Load(key, ScalarType.Float64);
         double alpha = t.flatten()[0].item<double>();
         if (!double.IsFinite(alpha)) throw new LoraFormatException(file.FilePath, "an alpha is not finite", [$"{key}: {alpha}"]);
         return alpha;

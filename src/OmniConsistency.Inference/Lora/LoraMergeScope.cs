@@ -63,6 +63,7 @@ public sealed class LoraMergeScope : IDisposable
 
     private void Backup(Parameter p, Device? device)
     {
+        using var scope = NewDisposeScope();
         var copy = p.detach().to(device ?? p.device, copy: true).DetachFromDisposeScope();
         _backups.Add((p, copy));
     }
