@@ -1,0 +1,117 @@
+using OmniConsistency.Inference.Lora;
+using OmniConsistency.Inference.Pipelines;
+using Xunit;
+
+namespace OmniConsistency.Inference.Tests.Lora;
+
+public class StyleCatalogTests
+{
+    private static void Touch(string path) => File.WriteAllBytes(path, [1, 2, 3]);
+
+    [Fact]
+    public void ListsStylesWithSidecarMetadata()
+    {
+        using var dir = new TempFolder();
+        Touch(dir.File("ghibli.safetensors"));
+        Touch(dir.File("ghibli.png"));
+        File.WriteAllText(dir.File("ghibli.json"), """
+            { "display_name": "Studio Ghibli", "trigger_words": ["ghibli style", " hand-drawn "], "default_scale": 0.8,
+              "description": "Soft watercolour look.", "preview": "ghibli.png" }
+            """);
+        Touch(dir.File("pixel-art_v2.safetensors"));
+        File.WriteAllText(dir.File("notes.txt"), "not a style");
+        var catalog = new StyleCatalog(new StyleCatalogOptions { Folder = dir.Path });
+
+        Assert.Equal(["ghibli", "pixel-art_v2"], catalog.Styles.Select(s => s.Name));
+        var g = catalog.Styles[0];
+        Assert.Equal(new StyleInfo("ghibli", "Studio Ghibli", g.TriggerWords, 0.8, "Soft watercolour look."), g);
+        Assert.Equal(["ghibli style", "hand-drawn"], g.TriggerWords);
+        Assert.Equal(Path.Combine(catalog.Folder, "ghibli.png"), catalog.Entries[0].PreviewPath);
+        var plain = catalog.Styles[1];
+        Assert.Equal(("pixel-art_v2", 1.0, 0), (plain.DisplayName, plain.DefaultScale, plain.TriggerWords.Count));
+        Assert.Empty(catalog.Problems);
+        Assert.Equal(Path.Combine(catalog.Folder, "ghibli.safetensors"), catalog.Resolve("ghibli").LoraPath);
+    }
+
+    [Theory]
+    [InlineData("../../etc/passwd")]
+    [InlineData("..")]
+    [InlineData("a/b")]
+    [InlineData("a\\b")]
+    [InlineData("/etc/passwd")]
+    [InlineData(".hidden")]
+    [InlineData("")]
+    [InlineData("name with spaces")]
+    [InlineData("x..y")]
+    [InlineData("ghibli\0")]
+    public void InvalidNamesAreRejected(string name)
+    {
+        using var dir = new TempFolder();
+        Touch(dir.File("ghibli.safetensors"));
+        var catalog = new StyleCatalog(new StyleCatalogOptions { Folder = dir.Path });
+        var e = Assert.Throws<StylizationRequestException>(() => catalog.Resolve(name));
+        Assert.Equal("invalid-style-name", e.ErrorType);
+        Assert.False(StyleCatalog.IsValidName(name));
+    }
+
+    [Fact]
+    public void UnknownAndVanishedStylesAreReported()
+    {
+        using var dir = new TempFolder();
+        Touch(dir.File("a.safetensors"));
+        var catalog = new StyleCatalog(new StyleCatalogOptions { Folder = dir.Path });
+        Assert.Equal("unknown-style", Assert.Throws<StylizationRequestException>(() => catalog.Resolve("b")).ErrorType);
+        File.Delete(dir.File("a.safetensors"));
+        Assert.Equal("unknown-style", Assert.Throws<StylizationRequestException>(() => catalog.Resolve("a")).ErrorType);
+        catalog.Refresh();
+        Assert.Empty(catalog.Styles);
+    }
+
+    [Fact]
+    public void SymlinksOutOfTheFolderAreRefusedAndInsideAccepted()
+    {
+        using var dir = new TempFolder();
+        using var outside = new TempFolder();
+        Touch(outside.File("secret.safetensors"));
+        Touch(dir.File("real.safetensors"));
+        Directory.CreateDirectory(dir.File("sub"));
+        Touch(dir.File("sub/nested.safetensors"));
+        File.CreateSymbolicLink(dir.File("escape.safetensors"), outside.File("secret.safetensors"));
+        File.CreateSymbolicLink(dir.File("alias.safetensors"), "real.safetensors");
+        File.CreateSymbolicLink(dir.File("nested.safetensors"), dir.File("sub/nested.safetensors"));
+        Directory.CreateSymbolicLink(dir.File("outdir"), outside.Path);
+        File.CreateSymbolicLink(dir.File("viadir.safetensors"), dir.File("outdir/secret.safetensors"));
+        File.WriteAllText(outside.File("meta.json"), """{ "display_name": "leak" }""");
+        File.CreateSymbolicLink(dir.File("real.json"), outside.File("meta.json"));
+
+        var catalog = new StyleCatalog(new StyleCatalogOptions { Folder = dir.Path });
+        Assert.Equal(["alias", "nested", "real"], catalog.Styles.Select(s => s.Name));
+        Assert.Equal("real", catalog.Styles.Single(s => s.Name == "real").DisplayName); // the sidecar link was refused
+        Assert.Contains(catalog.Problems, p => p.StartsWith("escape.safetensors", StringComparison.Ordinal));
+        Assert.Contains(catalog.Problems, p => p.StartsWith("viadir.safetensors", StringComparison.Ordinal));
+        Assert.Contains(catalog.Problems, p => p.StartsWith("real.json", StringComparison.Ordinal));
+        Assert.Throws<StylizationRequestException>(() => catalog.Resolve("escape"));
+        Assert.Equal(Path.Combine(catalog.Folder, "real.safetensors"), catalog.Resolve("alias").LoraPath);
+
+        // A link retargeted outside after the scan is refused at resolve time.
+        File.Delete(dir.File("alias.safetensors"));
+        File.CreateSymbolicLink(dir.File("alias.safetensors"), outside.File("secret.safetensors"));
+        Assert.Equal("unknown-style", Assert.Throws<StylizationRequestException>(() => catalog.Resolve("alias")).ErrorType);
+    }
+
+    [Fact]
+    public void BadSidecarsAndFileNamesAreReportedNotFatal()
+    {
+        using var dir = new TempFolder();
+        Touch(dir.File("a.safetensors"));
+        File.WriteAllText(dir.File("a.json"), "{ not json");
+        Touch(dir.File("b.safetensors"));
+        File.WriteAllText(dir.File("b.json"), """{ "display_name": "", "default_scale": 1e9, "trigger_words": [1, 2], "preview": "../x.png", "description": "ok" }""");
+        Touch(dir.File("bad name.safetensors"));
+        var catalog = new StyleCatalog(new StyleCatalogOptions { Folder = dir.Path });
+        Assert.Equal(["a", "b"], catalog.Styles.Select(s => s.Name));
+        var b = catalog.Entries[1];
+        Assert.Equal(("b", 1.0, 0, "ok", (string?)null), (b.DisplayName, b.DefaultScale, b.TriggerWords.Count, b.Description, b.PreviewPath));
+        Assert.Equal(6, catalog.Problems.Count); // a.json, 4 fields of b.json, "bad name"
+    }
+}
