@@ -97,6 +97,16 @@ public static class LoraLoader
         return alpha;
     }
 
+    // alpha / r as diffusers computes it: a tensor division in the alpha's stored dtype (bf16 alphas give a bf16 scale).
+    private static float KohyaScale(SafetensorsFile file, string key, long rank)
+    {
+        ReadAlpha(file, key); // validates finiteness
+        using var scope = NewDisposeScope();
+        var alpha = file.Load(key).flatten()[0];
+        if (!torch.is_floating_point(alpha)) alpha = alpha.to(ScalarType.Float32);
+        return (float)alpha.div(rank).to(ScalarType.Float64).item<double>();
+    }
+
     private static IEnumerable<LoraModule> Convert(SafetensorsFile file, LoraGroup g, Dictionary<(string, string), double> peftScales, ScalarType dtype, Device device)
     {
         using var scope = NewDisposeScope();
@@ -113,7 +123,7 @@ public static class LoraLoader
             case LoraFormat.Kohya:
                 // diffusers folds alpha/r into the weights, split so neither factor gets tiny (spec §9.2), rounded in
                 // the stored dtype; the module scale is then 1.
-                float s = (float)(g.AlphaKey is null ? g.Rank : ReadAlpha(file, g.AlphaKey)) / g.Rank;
+                float s = g.AlphaKey is null ? 1f : KohyaScale(file, g.AlphaKey, g.Rank);
                 float sDown = s;
                 double sUp = 1.0;
                 while (sDown * 2 < sUp)

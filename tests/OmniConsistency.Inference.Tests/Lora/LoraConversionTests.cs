@@ -173,6 +173,22 @@ public class LoraConversionTests
     }
 
     [Fact]
+    public void KohyaWithDiffusersModuleNames()
+    {
+        using var scope = NewDisposeScope();
+        using var dir = new TempFolder();
+        var g = new Generator(12);
+        var down = R(g, 2, D); var up = R(g, D, 2);
+        using var adapter = Load(dir, new()
+        {
+            ["lora_transformer_single_transformer_blocks_1_attn_to_v.lora_down.weight"] = down,
+            ["lora_transformer_single_transformer_blocks_1_attn_to_v.lora_up.weight"] = up,
+            ["lora_transformer_single_transformer_blocks_1_attn_to_v.alpha"] = tensor(1f),
+        });
+        AssertClose(up.to(ScalarType.Float64).matmul(down.to(ScalarType.Float64)) * 0.5, DeltaW(adapter, "single_transformer_blocks.1.attn.to_v"));
+    }
+
+    [Fact]
     public void XLabsLayout()
     {
         using var scope = NewDisposeScope();

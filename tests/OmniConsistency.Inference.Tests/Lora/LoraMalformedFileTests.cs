@@ -1,5 +1,6 @@
 using OmniConsistency.Inference.IO;
 using OmniConsistency.Inference.Lora;
+using OmniConsistency.Inference.Tests.Golden;
 using Xunit;
 using static TorchSharp.torch;
 
@@ -140,5 +141,15 @@ public class LoraMalformedFileTests
             ["transformer.proj_out.alpha"] = ones(3),
         });
         Assert.Contains("alpha must be a single number", e.OffendingKeys[0]);
+    }
+
+    [Fact]
+    public void TheConsistencyLoraIsNotMistakenForAStyleLora()
+    {
+        // diffusers would take it for an XLabs file ("processor" in a key, Q23); here it matches no module.
+        var shapes = FluxLinearShapes.FromCheckpoint(Path.Combine(GoldenRoot.Path, "models/tiny-flux/transformer/diffusion_pytorch_model.safetensors"));
+        var e = Assert.Throws<LoraFormatException>(() => LoraLoader.Load(Path.Combine(GoldenRoot.Path, "loras/omniconsistency-tiny.safetensors"),
+            new LoraModelTargets(shapes), ScalarType.Float32, CPU));
+        Assert.Equal(28, e.OffendingKeys.Count);
     }
 }
