@@ -39,6 +39,13 @@ internal static class BenchmarkFlux
         return dir;
     }
 
+    /// <summary>Arguments: [rounds] [threads]; sets torch's thread count when given (1 is steadier on a busy machine).</summary>
+    public static int ParseArgs(string[] args)
+    {
+        if (args.Length > 1 && int.TryParse(args[1], out var threads) && threads > 0) set_num_threads(threads);
+        return args.Length > 0 && int.TryParse(args[0], out var rounds) && rounds > 0 ? rounds : 7;
+    }
+
     /// <summary>(0,row,col) ids of a rows×cols token grid.</summary>
     public static Tensor GridIds(long rows, long cols, float scaleRow = 1, float scaleCol = 1)
     {
@@ -70,7 +77,7 @@ public sealed class TransformerForwardBenchmark : IBenchmark
 
     public void Run(string[] args)
     {
-        int rounds = args.Length > 0 && int.TryParse(args[0], out var r) ? r : 7;
+        int rounds = BenchmarkFlux.ParseArgs(args);
         var dir = BenchmarkFlux.WriteRandomCheckpoint(seed: 1);
         try
         {
@@ -101,6 +108,74 @@ public sealed class TransformerForwardBenchmark : IBenchmark
             Console.WriteLine($"| bfloat16 | {ms[1]:F1} | {ms[1] / ms[0]:F2} |");
             Console.WriteLine();
             Console.WriteLine($"bf16 vs fp32 output: max |diff| / max |fp32| = {diff:G3}");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}
+
+/// <summary>
+/// The condition branch's cost at FLUX's token ratios scaled down (512 noisy + 64 text + 128 condition tokens; FLUX at
+/// 1024² with cond 512: 4096 + 512 + 1024): a denoising step with the condition K/V bank vs a plain step, and the
+/// warm-up pass amortised over 25 steps. fp32 on CPU.
+/// </summary>
+public sealed class TransformerConditionBranchBenchmark : IBenchmark
+{
+    public string Name => "transformer-condition-branch";
+    public string Description => "OmniConsistency condition branch: step with bank vs plain step, warm-up amortised over 25 steps";
+
+    public void Run(string[] args)
+    {
+        int rounds = BenchmarkFlux.ParseArgs(args);
+        const int steps = 25, loraRank = 16;
+        var dir = BenchmarkFlux.WriteRandomCheckpoint(seed: 1);
+        try
+        {
+            using var model = FluxTransformerLoader.FromDiffusersFolder(dir, ParameterFactory.Cpu());
+            var loraPath = Path.Combine(dir, "consistency.safetensors");
+            var g = new Generator(3);
+            SafetensorsWriter.Save(loraPath, Inference.Consistency.ConsistencyLora.ExpectedShapes(model.Config, loraRank)
+                .ToDictionary(kv => kv.Key, kv => (randn(kv.Value, generator: g) * 0.02).DetachFromDisposeScope()));
+            using var lora = Inference.Consistency.ConsistencyLora.Load(loraPath, model.Config, CPU);
+
+            var inputs = BenchmarkFlux.Inputs(16, 32, 64, seed: 2);
+            var condition = randn([1, 128, 64], generator: g).DetachFromDisposeScope();
+            var conditionIds = Inference.Consistency.ConditionPositionIds.Create(16, 32, 32, 64, ScalarType.Float32).DetachFromDisposeScope();
+            var warmupInputs = new Inference.Consistency.ConditionWarmupInputs(condition, conditionIds, inputs.EncoderHiddenStates,
+                inputs.PooledProjections, inputs.Guidance, inputs.TextIds);
+            using var bank = Inference.Consistency.ConditionBranch.Warmup(model, lora, warmupInputs).Bank;
+            var withBank = new FluxForwardContext { Attention = bank };
+
+            Action Run(Action body) => () =>
+            {
+                using var scope = NewDisposeScope();
+                using var mode = inference_mode();
+                body();
+            };
+            var ms = Measure.InterleavedMedianMs(
+            [
+                Run(() => model.Forward(inputs)),
+                Run(() => model.Forward(inputs, withBank)),
+                Run(() => Inference.Consistency.ConditionBranch.Warmup(model, lora, warmupInputs).Bank.Dispose()),
+            ], rounds);
+            double plain = ms[0], conditioned = ms[1], warmup = ms[2];
+            double generationPlain = steps * plain, generationConditioned = warmup + steps * conditioned;
+
+            var c = BenchmarkFlux.Config;
+            Console.WriteLine($"config: D={c.InnerDim} ({c.NumAttentionHeads}×{c.AttentionHeadDim}), {c.NumLayers} double + {c.NumSingleLayers} single blocks, " +
+                $"512 noisy + 64 text + 128 condition tokens, batch 1, fp32, consistency LoRA rank {loraRank}; {TorchRuntime.Describe()}; " +
+                $"median of {rounds} interleaved rounds; bank {bank.ByteSize / 1024.0:F0} KiB");
+            Console.WriteLine();
+            Console.WriteLine("| measurement | ms | vs plain step |");
+            Console.WriteLine("|---|---:|---:|");
+            Console.WriteLine($"| plain step (no condition) | {plain:F1} | 1.00 |");
+            Console.WriteLine($"| step with condition bank | {conditioned:F1} | {conditioned / plain:F2} |");
+            Console.WriteLine($"| warm-up pass (fills the bank) | {warmup:F1} | {warmup / plain:F2} |");
+            Console.WriteLine();
+            Console.WriteLine($"{steps}-step generation: plain {generationPlain:F0} ms, with condition branch {generationConditioned:F0} ms " +
+                $"(×{generationConditioned / generationPlain:F3}; warm-up share {warmup / generationConditioned:P1})");
         }
         finally
         {
