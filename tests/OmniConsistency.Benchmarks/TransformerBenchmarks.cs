@@ -145,6 +145,7 @@ public sealed class TransformerConditionBranchBenchmark : IBenchmark
             var conditionIds = Inference.Consistency.ConditionPositionIds.Create(16, 32, 32, 64, ScalarType.Float32).DetachFromDisposeScope();
             var warmupInputs = new Inference.Consistency.ConditionWarmupInputs(condition, conditionIds, inputs.EncoderHiddenStates,
                 inputs.PooledProjections, inputs.Guidance, inputs.TextIds);
+            var textFree = warmupInputs with { EncoderHiddenStates = inputs.EncoderHiddenStates.narrow(1, 0, 0), TextIds = inputs.TextIds.narrow(0, 0, 0) };
             using var bank = Inference.Consistency.ConditionBranch.Warmup(model, lora, warmupInputs).Bank;
             var withBank = new FluxForwardContext { Attention = bank };
 
@@ -159,8 +160,9 @@ public sealed class TransformerConditionBranchBenchmark : IBenchmark
                 Run(() => model.Forward(inputs)),
                 Run(() => model.Forward(inputs, withBank)),
                 Run(() => Inference.Consistency.ConditionBranch.Warmup(model, lora, warmupInputs).Bank.Dispose()),
+                Run(() => Inference.Consistency.ConditionBranch.Warmup(model, lora, textFree).Bank.Dispose()),
             ], rounds);
-            double plain = ms[0], conditioned = ms[1], warmup = ms[2];
+            double plain = ms[0], conditioned = ms[1], warmup = ms[2], warmupTextFree = ms[3];
             double generationPlain = steps * plain, generationConditioned = warmup + steps * conditioned;
 
             var c = BenchmarkFlux.Config;
@@ -172,10 +174,12 @@ public sealed class TransformerConditionBranchBenchmark : IBenchmark
             Console.WriteLine("|---|---:|---:|");
             Console.WriteLine($"| plain step (no condition) | {plain:F1} | 1.00 |");
             Console.WriteLine($"| step with condition bank | {conditioned:F1} | {conditioned / plain:F2} |");
-            Console.WriteLine($"| warm-up pass (fills the bank) | {warmup:F1} | {warmup / plain:F2} |");
+            Console.WriteLine($"| warm-up pass, upstream form (text + condition, mask) | {warmup:F1} | {warmup / plain:F2} |");
+            Console.WriteLine($"| warm-up pass, text-free (§8.8) | {warmupTextFree:F1} | {warmupTextFree / plain:F2} |");
             Console.WriteLine();
             Console.WriteLine($"{steps}-step generation: plain {generationPlain:F0} ms, with condition branch {generationConditioned:F0} ms " +
-                $"(×{generationConditioned / generationPlain:F3}; warm-up share {warmup / generationConditioned:P1})");
+                $"(×{generationConditioned / generationPlain:F3}; warm-up share {warmup / generationConditioned:P1}); " +
+                $"with the text-free warm-up ×{(warmupTextFree + steps * conditioned) / generationPlain:F3}");
         }
         finally
         {

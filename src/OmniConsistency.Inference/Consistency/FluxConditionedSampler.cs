@@ -22,6 +22,11 @@ public sealed record ConditionedSamplingRequest
     public double GuidanceScale { get; init; } = 3.5;
     /// <summary>The consistency LoRA multiplier w (upstream lora_weights[0]).</summary>
     public double ConsistencyWeight { get; init; } = 1.0;
+    /// <summary>
+    /// Run the warm-up without the text tokens (spec §8.8): the bank is the same up to float rounding (condition rows
+    /// never attend to text) and the pass is cheaper. False (default) keeps upstream's form for bit-level parity.
+    /// </summary>
+    public bool TextFreeWarmup { get; init; }
 }
 
 /// <summary>
@@ -74,8 +79,10 @@ public sealed class FluxConditionedSampler(FluxTransformer2DModel model, FlowMat
         capture?.Invoke("timesteps", tensor(schedule.Timesteps));
         capture?.Invoke("sigmas", tensor(schedule.Sigmas));
 
-        var warmup = ConditionBranch.Warmup(Model, consistencyLora,
-            new ConditionWarmupInputs(condition, conditionIds, prompt, pooled, guidance, textIds), request.ConsistencyWeight);
+        var warmupInputs = request.TextFreeWarmup
+            ? new ConditionWarmupInputs(condition, conditionIds, prompt.narrow(1, 0, 0), pooled, guidance, textIds.narrow(0, 0, 0))
+            : new ConditionWarmupInputs(condition, conditionIds, prompt, pooled, guidance, textIds);
+        var warmup = ConditionBranch.Warmup(Model, consistencyLora, warmupInputs, request.ConsistencyWeight);
         using var bank = warmup.Bank;
         capture?.Invoke("transformer_out_warmup", warmup.Output);
         warmup.Output.Dispose();

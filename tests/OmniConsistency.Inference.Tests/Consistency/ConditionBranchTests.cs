@@ -165,6 +165,20 @@ public class ConditionBranchTests
     }
 
     [Fact]
+    public void TextFreeWarmupGivesTheSameGenerationWithinRounding()
+    {
+        var (model, lora) = Tiny();
+        using var _m = model;
+        using var _l = lora;
+        var sampler = new FluxConditionedSampler(model, Scheduler, lora);
+        using var scope = NewDisposeScope();
+        var request = Request(seed: 7);
+        var upstream = sampler.Sample(request, cancellationToken: Ct);
+        var textFree = sampler.Sample(request with { TextFreeWarmup = true }, cancellationToken: Ct);
+        Assert.True((upstream - textFree).abs().max().item<float>() < 1e-5);
+    }
+
+    [Fact]
     public void CancelledGenerationLeavesNoLiveTensors()
     {
         var (model, lora) = Tiny();
