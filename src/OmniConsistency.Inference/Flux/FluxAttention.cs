@@ -126,7 +126,7 @@ internal static class AttentionMath
     }
 
     /// <summary>[B, S, H·hd] → [B, H, S, hd] (channel k belongs to head k / hd).</summary>
-    public static Tensor Heads(Tensor x, int heads) => x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2);
+    public static Tensor Heads(Tensor x, int heads) => x.view(x.shape[0], x.shape[1], heads, x.shape[2] / heads).transpose(1, 2);
 
     /// <summary>SDPA (scale 1/√hd) with the extension's appended K/V and mask; returns [B, S_q, H·hd] in q's dtype.</summary>
     public static Tensor Attend(Tensor query, Tensor key, Tensor value, int layer, long textLength, IFluxAttentionExtension? extension)
@@ -140,6 +140,6 @@ internal static class AttentionMath
         }
         var mask = extension?.AttentionMask(layer, textLength, query.shape[2], key.shape[2]);
         var o = F.scaled_dot_product_attention(query, key, value, mask);
-        return o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1).to(query.dtype);
+        return o.transpose(1, 2).reshape(o.shape[0], o.shape[2], o.shape[1] * o.shape[3]).to(query.dtype);
     }
 }

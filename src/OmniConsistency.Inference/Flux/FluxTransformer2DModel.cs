@@ -63,12 +63,7 @@ public sealed class FluxTransformer2DModel : nn.Module
     public Device Device { get; }
 
     /// <summary>The diffusers attention-processor name of attention layer <paramref name="layer"/> (see <see cref="IFluxAttentionExtension"/>).</summary>
-    public string AttentionProcessorName(int layer) =>
-        layer < 0 || layer >= Config.TotalAttentionLayers
-            ? throw new ArgumentOutOfRangeException(nameof(layer), $"layer {layer} is outside 0..{Config.TotalAttentionLayers - 1}")
-            : layer < Config.NumLayers
-                ? $"transformer_blocks.{layer}.attn.processor"
-                : $"single_transformer_blocks.{layer - Config.NumLayers}.attn.processor";
+    public string AttentionProcessorName(int layer) => Config.AttentionProcessorName(layer);
 
     /// <summary>RoPE tables for ids [S, axes] with this model's axes and θ.</summary>
     public RotaryTable RotaryTable(Tensor ids) => FluxRotaryEmbedding.Table(ids, Config.AxesDimsRope, Config.RopeTheta);

@@ -31,6 +31,17 @@ public sealed record FluxTransformerConfig
     public int MlpHiddenDim => InnerDim * MlpRatio;
     public int TotalAttentionLayers => NumLayers + NumSingleLayers;
 
+    /// <summary>
+    /// The diffusers attention-processor name of attention layer <paramref name="layer"/>: double blocks are layers
+    /// 0…L−1 ("transformer_blocks.i.attn.processor"), single blocks L…L+S−1 ("single_transformer_blocks.j.attn.processor").
+    /// </summary>
+    public string AttentionProcessorName(int layer) =>
+        layer < 0 || layer >= TotalAttentionLayers
+            ? throw new ArgumentOutOfRangeException(nameof(layer), $"layer {layer} is outside 0..{TotalAttentionLayers - 1}")
+            : layer < NumLayers
+                ? $"transformer_blocks.{layer}.attn.processor"
+                : $"single_transformer_blocks.{layer - NumLayers}.attn.processor";
+
     public bool Equals(FluxTransformerConfig? other) =>
         other is not null && PatchSize == other.PatchSize && InChannels == other.InChannels && OutChannels == other.OutChannels
         && NumLayers == other.NumLayers && NumSingleLayers == other.NumSingleLayers && AttentionHeadDim == other.AttentionHeadDim

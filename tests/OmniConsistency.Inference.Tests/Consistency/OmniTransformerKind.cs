@@ -1,0 +1,47 @@
+using OmniConsistency.Inference.Consistency;
+using OmniConsistency.Inference.Flux;
+using OmniConsistency.Inference.Tests.Flux;
+using OmniConsistency.Inference.Tests.Golden;
+using static TorchSharp.torch;
+
+namespace OmniConsistency.Inference.Tests.Consistency;
+
+/// <summary>Golden kind "omni_transformer": the warm-up pass fills a bank, then two denoising calls reuse it.</summary>
+[GoldenKind("omni_transformer")]
+public sealed class OmniTransformerKind : IGoldenKindRunner
+{
+    public IReadOnlyDictionary<string, Tensor> Run(GoldenCase c)
+    {
+        var loraEntry = GoldenConsistencyLora.From(c);
+        using var model = GoldenFluxModels.LoadTransformer(c);
+        using var lora = loraEntry?.Load(model);
+        var condLatents = c.Input("cond_latents");
+        long conditionTokens = condLatents.shape[1];
+        if (loraEntry?.CondSize is int cs && (cs / 16) * (cs / 16) != conditionTokens)
+            throw new InvalidOperationException($"cond_size {cs} does not give the {conditionTokens} condition tokens of the inputs");
+        var text = c.Input("encoder_hidden_states");
+        var pooled = c.Input("pooled_projections");
+        var guidance = c.Input("guidance");
+        var textIds = c.Input("txt_ids");
+
+        using var capture = new TensorCapture("debug.");
+        var warmup = ConditionBranch.Warmup(model, lora,
+            new ConditionWarmupInputs(condLatents, c.Input("cond_img_ids"), text, pooled, guidance, textIds),
+            loraEntry?.Weight ?? 1.0, capture.Sink);
+        using var bank = warmup.Bank;
+        var produced = new Dictionary<string, Tensor> { ["out_warmup"] = warmup.Output };
+        foreach (var (name, t) in capture.Tensors.Where(kv => kv.Key.StartsWith("debug.bank.", StringComparison.Ordinal)))
+            produced[name] = t.clone();
+
+        // The step's img_ids are [noise ids; condition ids]; the bank already carries the condition positions.
+        var imageIds = c.Input("img_ids");
+        foreach (var step in new[] { "step1", "step2" })
+        {
+            var latents = c.Input($"latents_{step}");
+            var inputs = new FluxTransformerInputs(latents, text, pooled, c.Input($"timestep_{step}"), guidance,
+                imageIds.narrow(0, 0, latents.shape[1]), textIds);
+            produced[$"out_{step}"] = model.Forward(inputs, new FluxForwardContext { Attention = bank });
+        }
+        return produced;
+    }
+}

@@ -1,0 +1,43 @@
+using OmniConsistency.Inference.Consistency;
+using OmniConsistency.Inference.Flux;
+using OmniConsistency.Inference.Sampling;
+using OmniConsistency.Inference.Tests.Flux;
+using OmniConsistency.Inference.Tests.Golden;
+using static TorchSharp.torch;
+
+namespace OmniConsistency.Inference.Tests.Consistency;
+
+/// <summary>Golden kind "pipeline_latents": the whole conditioned denoising loop from embeddings, condition latents and noise.</summary>
+[GoldenKind("pipeline_latents")]
+public sealed class PipelineLatentsKind : IGoldenKindRunner
+{
+    public IReadOnlyDictionary<string, Tensor> Run(GoldenCase c)
+    {
+        var loraEntry = GoldenConsistencyLora.From(c);
+        using var model = GoldenFluxModels.LoadTransformer(c);
+        using var lora = loraEntry?.Load(model);
+        var schedulerConfig = FlowMatchSchedulerConfig.FromJsonFile(Path.Combine(c.ModelPath, "scheduler", "scheduler_config.json"));
+        var sampler = new FluxConditionedSampler(model, new FlowMatchEulerScheduler(schedulerConfig), lora);
+        var p = c.Params;
+        int condSize = p.GetProperty("cond_size").GetInt32();
+        var condLatents = c.Input("cond_image_latents");
+        if (condLatents.shape[2] != 2 * (condSize / 16))
+            throw new InvalidOperationException($"cond_size {condSize} does not match the condition latents [{string.Join(",", condLatents.shape)}]");
+        using var capture = new TensorCapture();
+        var latents = sampler.Sample(new ConditionedSamplingRequest
+        {
+            PromptEmbeds = c.Input("prompt_embeds"),
+            PooledPromptEmbeds = c.Input("pooled_prompt_embeds"),
+            ConditionLatents = condLatents,
+            Noise = c.Input("noise"),
+            Height = p.GetProperty("height").GetInt32(),
+            Width = p.GetProperty("width").GetInt32(),
+            Steps = p.GetProperty("num_inference_steps").GetInt32(),
+            GuidanceScale = p.GetProperty("guidance_scale").GetDouble(),
+            ConsistencyWeight = loraEntry?.Weight ?? 1.0,
+        }, capture: capture.Sink);
+        var produced = new Dictionary<string, Tensor> { ["latents"] = latents };
+        foreach (var (name, t) in capture.Tensors) produced[name] = t.clone();
+        return produced;
+    }
+}
