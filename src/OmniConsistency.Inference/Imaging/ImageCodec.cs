@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using OmniConsistency.Inference.Pipelines;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.Formats;
@@ -66,8 +65,10 @@ public sealed class ImageCodec
         using var stream = new MemoryStream(data, writable: false);
         var info = IdentifyStream(stream);
         CheckSize(info.Width, info.Height);
-        if (IsAnimatedWebp(data))
+        if (EncodedImageStructure.IsAnimatedWebp(data))
             throw new InvalidImageException("Animated WebP images are not supported; upload a still image.");
+        if (EncodedImageStructure.IsTruncatedJpeg(data) || EncodedImageStructure.IsTruncatedWebp(data))
+            throw new InvalidImageException("The image is truncated: the file ends before its image data does.");
 
         stream.Position = 0;
         Image<Rgb24> image;
@@ -75,7 +76,7 @@ public sealed class ImageCodec
         {
             image = Image.Load<Rgb24>(_configuration, stream);
         }
-        catch (InvalidMemoryOperationException e)
+        catch (Exception e) when (IsAllocationLimit(e))
         {
             throw new ImageTooLargeException($"Decoding the image needs more than the {Limits.MaxAllocationMegabytes} MB allowed.", e);
         }
@@ -139,7 +140,7 @@ public sealed class ImageCodec
         {
             info = Image.Identify(_configuration, stream, out _);
         }
-        catch (InvalidMemoryOperationException e)
+        catch (Exception e) when (IsAllocationLimit(e))
         {
             throw new ImageTooLargeException("Reading the image header needs more memory than allowed.", e);
         }
@@ -161,11 +162,11 @@ public sealed class ImageCodec
             throw new ImageTooLargeException($"The image is {width}×{height} = {(long)width * height} pixels; at most {Limits.MaxPixels} are accepted.");
     }
 
-    /// <summary>An extended WebP (RIFF…WEBP, first chunk VP8X) with the animation flag: every frame would be decoded.</summary>
-    private static bool IsAnimatedWebp(ReadOnlySpan<byte> data) =>
-        data.Length >= 21
-        && BinaryPrimitives.ReadUInt32BigEndian(data) == 0x52494646 // RIFF
-        && BinaryPrimitives.ReadUInt32BigEndian(data[8..]) == 0x57454250 // WEBP
-        && BinaryPrimitives.ReadUInt32BigEndian(data[12..]) == 0x56503858 // VP8X
-        && (data[20] & 0x02) != 0;
+    /// <summary>The allocator's limit, thrown directly or wrapped by ImageSharp as invalid content ("image too large").</summary>
+    private static bool IsAllocationLimit(Exception? e)
+    {
+        for (; e is not null; e = e.InnerException)
+            if (e is InvalidMemoryOperationException) return true;
+        return false;
+    }
 }

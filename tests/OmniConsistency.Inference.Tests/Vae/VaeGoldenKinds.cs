@@ -52,7 +52,7 @@ public sealed class VaeDecodeKind : IGoldenKindRunner
             ["latents"] = latents,
             ["vae_input"] = vaeInput,
             ["decoded"] = decoded,
-            ["image"] = Imaging.ImageTensors.Denormalize(decoded),
+            ["image"] = OmniConsistency.Inference.Imaging.ImageTensors.Denormalize(decoded),
         };
     }
 }
