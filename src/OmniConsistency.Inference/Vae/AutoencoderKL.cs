@@ -90,7 +90,7 @@ public sealed class AutoencoderKL : nn.Module
         using (var scope = NewDisposeScope())
         {
             var h = encoder.forward(images.to(DType, Device));
-            if (quant_conv is not null) h = quant_conv.forward(h);
+            if (quant_conv is not null) h = VaeConvolution.Same(quant_conv, h);
             moments = h.MoveToOuterDisposeScope();
         }
         using (moments) return new VaeLatentDistribution(moments);
@@ -103,7 +103,7 @@ public sealed class AutoencoderKL : nn.Module
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
         var z = latents.to(DType, Device);
-        if (post_quant_conv is not null) z = post_quant_conv.forward(z);
+        if (post_quant_conv is not null) z = VaeConvolution.Same(post_quant_conv, z);
         return decoder.forward(z).MoveToOuterDisposeScope();
     }
 

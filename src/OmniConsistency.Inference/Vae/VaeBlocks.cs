@@ -37,9 +37,9 @@ public sealed class ResnetBlock2D : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var h = conv1.forward(F.silu(norm1.forward(x)));
-        h = conv2.forward(F.silu(norm2.forward(h)));
-        var shortcut = conv_shortcut is null ? x : conv_shortcut.forward(x);
+        var h = VaeConvolution.Same(conv1, F.silu(norm1.forward(x)));
+        h = VaeConvolution.Same(conv2, F.silu(norm2.forward(h)));
+        var shortcut = conv_shortcut is null ? x : VaeConvolution.Same(conv_shortcut, x);
         return (shortcut + h).MoveToOuterDisposeScope();
     }
 }
@@ -58,7 +58,7 @@ public sealed class Downsample2D : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        return conv.forward(F.pad(x, [0, 1, 0, 1], PaddingModes.Constant, 0)).MoveToOuterDisposeScope();
+        return VaeConvolution.Apply(conv, F.pad(x, [0, 1, 0, 1], PaddingModes.Constant, 0), 2, 0).MoveToOuterDisposeScope();
     }
 }
 
@@ -78,7 +78,7 @@ public sealed class Upsample2D : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         // Nearest-neighbour copies values, so no dtype upcast is needed for bf16 (diffusers' upcast is exact too).
         var up = F.interpolate(x, scale_factor: [2.0, 2.0], mode: InterpolationMode.Nearest);
-        return conv.forward(up).MoveToOuterDisposeScope();
+        return VaeConvolution.Same(conv, up).MoveToOuterDisposeScope();
     }
 }
 

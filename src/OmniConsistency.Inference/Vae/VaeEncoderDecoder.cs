@@ -40,10 +40,10 @@ public sealed class VaeEncoder : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var h = conv_in.forward(x);
+        var h = VaeConvolution.Same(conv_in, x);
         foreach (var block in down_blocks) h = block.forward(h);
         h = mid_block.forward(h);
-        return conv_out.forward(F.silu(conv_norm_out.forward(h))).MoveToOuterDisposeScope();
+        return VaeConvolution.Same(conv_out, F.silu(conv_norm_out.forward(h))).MoveToOuterDisposeScope();
     }
 }
 
@@ -78,9 +78,9 @@ public sealed class VaeDecoder : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor z)
     {
         using var scope = NewDisposeScope();
-        var h = conv_in.forward(z);
+        var h = VaeConvolution.Same(conv_in, z);
         h = mid_block.forward(h);
         foreach (var block in up_blocks) h = block.forward(h);
-        return conv_out.forward(F.silu(conv_norm_out.forward(h))).MoveToOuterDisposeScope();
+        return VaeConvolution.Same(conv_out, F.silu(conv_norm_out.forward(h))).MoveToOuterDisposeScope();
     }
 }

@@ -126,6 +126,28 @@ public class VaeModelTests
         AssertClose(d32, d16, 0.05);
     }
 
+    [Fact]
+    public void CpuBf16ConvolutionsRoundOnceLikeABf16Kernel()
+    {
+        using var scope = NewDisposeScope();
+        var conv = new OmniConsistency.Inference.Nn.Conv2d(4, 6, 3, ParameterFactory.Cpu(ScalarType.BFloat16), stride: 2, padding: 0);
+        using (no_grad())
+        {
+            conv.weight.copy_(randn(6, 4, 3, 3, generator: new Generator(2)));
+            conv.bias!.copy_(randn(6, generator: new Generator(3)));
+        }
+        var x = randn([2, 4, 9, 7], generator: new Generator(4)).to(ScalarType.BFloat16);
+        var ours = VaeConvolution.Apply(conv, x, 2, 0);
+        var native = conv.forward(x);
+        Assert.Equal(ScalarType.BFloat16, ours.dtype);
+        Assert.Equal(native.shape, ours.shape);
+        // The exact fp32 result rounded once to bf16 is within half a bf16 ulp (2^-9 relative) of the exact value.
+        var exact = TorchSharp.torch.nn.functional.conv2d(x.to(ScalarType.Float64), conv.weight.to(ScalarType.Float64), conv.bias!.to(ScalarType.Float64), strides: [2, 2]);
+        var rel = (ours.to(ScalarType.Float64) - exact).abs().div(exact.abs().clamp_min(1e-3)).max().item<double>();
+        Assert.True(rel <= 1.0 / 256, $"relative error {rel}");
+        AssertClose(native.to(ScalarType.Float32), ours, 0.01);
+    }
+
     private static void AssertClose(Tensor reference, Tensor actual, double relative)
     {
         var diff = (reference - actual.to(ScalarType.Float32)).abs().max().item<float>();
