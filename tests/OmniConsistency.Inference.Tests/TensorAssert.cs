@@ -1,0 +1,18 @@
+using Xunit;
+using static TorchSharp.torch;
+
+namespace OmniConsistency.Inference.Tests;
+
+public static class TensorAssert
+{
+    /// <summary>Same shape and bit-identical values (NaN never equal).</summary>
+    public static bool Identical(Tensor a, Tensor b)
+    {
+        if (!a.shape.SequenceEqual(b.shape) || a.dtype != b.dtype) return false;
+        using var scope = NewDisposeScope();
+        return a.eq(b).all().item<bool>();
+    }
+
+    public static void Equal(Tensor expected, Tensor actual, string? what = null) =>
+        Assert.True(Identical(expected, actual), $"{what ?? "tensors"} differ: [{string.Join(",", expected.shape)}] {expected.dtype} vs [{string.Join(",", actual.shape)}] {actual.dtype}");
+}
