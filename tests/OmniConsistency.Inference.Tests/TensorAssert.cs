@@ -13,6 +13,9 @@ public static class TensorAssert
         return a.eq(b).all().item<bool>();
     }
 
+    /// <summary>Same shape, dtype and every element bit-for-bit equal.</summary>
+    public static bool TensorsEqual(Tensor a, Tensor b) => Identical(a, b);
+
     public static void Equal(Tensor expected, Tensor actual, string? what = null) =>
         Assert.True(Identical(expected, actual), $"{what ?? "tensors"} differ: [{string.Join(",", expected.shape)}] {expected.dtype} vs [{string.Join(",", actual.shape)}] {actual.dtype}");
 }

@@ -1,6 +1,6 @@
 using OmniConsistency.Inference.Sampling;
 using Xunit;
-using static OmniConsistency.Inference.Tests.Flux.TensorAssert;
+using static OmniConsistency.Inference.Tests.TensorAssert;
 using static TorchSharp.torch;
 
 namespace OmniConsistency.Inference.Tests.Flux;

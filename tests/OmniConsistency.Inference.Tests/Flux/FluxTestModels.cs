@@ -133,13 +133,3 @@ public static class FluxTestModels
         return dir;
     }
 }
-
-public static class TensorAssert
-{
-    /// <summary>Same shape, dtype and every element bit-for-bit equal.</summary>
-    public static bool TensorsEqual(Tensor a, Tensor b)
-    {
-        using var scope = NewDisposeScope();
-        return a.shape.SequenceEqual(b.shape) && a.dtype == b.dtype && a.eq(b).all().item<bool>();
-    }
-}

@@ -4,7 +4,7 @@ using OmniConsistency.Inference.Nn;
 using OmniConsistency.Inference.Tests.Golden;
 using TorchSharp;
 using Xunit;
-using static OmniConsistency.Inference.Tests.Flux.TensorAssert;
+using static OmniConsistency.Inference.Tests.TensorAssert;
 using static TorchSharp.torch;
 
 namespace OmniConsistency.Inference.Tests.Flux;
