@@ -3,8 +3,6 @@ using TorchSharp;
 using TorchSharp.Modules;
 using Conv2d = OmniConsistency.Inference.Nn.Conv2d;
 using GroupNorm = OmniConsistency.Inference.Nn.GroupNorm;
-using Linear = OmniConsistency.Inference.Nn.Linear;
-using Identity = OmniConsistency.Inference.Nn.Identity;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
