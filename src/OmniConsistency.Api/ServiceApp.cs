@@ -23,9 +23,11 @@ namespace OmniConsistency.Api;
 /// </summary>
 public static class ServiceApp
 {
-    public static WebApplicationBuilder CreateBuilder(string[] args)
+    /// <param name="configure">Adds configuration sources (tests: in-memory values) before anything reads configuration.</param>
+    public static WebApplicationBuilder CreateBuilder(string[] args, Action<ConfigurationManager>? configure = null)
     {
         var builder = WebApplication.CreateBuilder(args);
+        configure?.Invoke(builder.Configuration);
         var services = builder.Services;
         var config = builder.Configuration;
 
@@ -34,6 +36,7 @@ public static class ServiceApp
             log.ReadFrom.Configuration(config).ReadFrom.Services(sp).Enrich.FromLogContext();
             if (!config.GetSection("Serilog:WriteTo").Exists())
                 log.MinimumLevel.Override("Microsoft.AspNetCore", LogEventLevel.Warning)
+                    .MinimumLevel.Override("Microsoft.AspNetCore.DataProtection", LogEventLevel.Error)
                     .WriteTo.Console(outputTemplate: "[{Timestamp:HH:mm:ss.fff} {Level:u3}] {Message:lj}{RequestIdSuffix}{JobIdSuffix}{NewLine}{Exception}");
         });
 
@@ -120,6 +123,7 @@ public static class ServiceApp
                 await next(http);
         });
         app.UseSerilogRequestLogging();
+        app.UseMiddleware<ProblemExceptionMiddleware>();
         app.UseMiddleware<LoopbackOnlyWhenOpenMiddleware>();
         app.UseSwagger();
         app.UseSwaggerUI(o =>
@@ -205,6 +209,22 @@ public static class ServiceApp
     }
 
     private static bool IsOpen(IServiceProvider sp) => sp.GetRequiredService<ApiKeyRegistry>().Open;
+
+    /// <summary>Writes <see cref="ApiProblemException"/>s as problems inside the request log (so they are logged as the 4xx they are).</summary>
+    private sealed class ProblemExceptionMiddleware(RequestDelegate next)
+    {
+        public async Task InvokeAsync(HttpContext http)
+        {
+            try
+            {
+                await next(http);
+            }
+            catch (ApiProblemException p) when (!http.Response.HasStarted)
+            {
+                await ProblemWriter.WriteAsync(http, p.Status, p.Slug, p.Title, p.Message, p.Errors, p.RetryAfter);
+            }
+        }
+    }
 
     /// <summary>Refuses non-loopback clients while no API keys are configured.</summary>
     private sealed class LoopbackOnlyWhenOpenMiddleware(RequestDelegate next)
