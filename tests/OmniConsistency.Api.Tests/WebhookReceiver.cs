@@ -42,8 +42,8 @@ public sealed class WebhookReceiver : IAsyncDisposable
         {
             var body = await new StreamReader(http.Request.Body).ReadToEndAsync();
             var id = http.Request.Headers["webhook-id"].ToString();
-            var ts = long.Parse(http.Request.Headers["webhook-timestamp"].ToString(), System.Globalization.CultureInfo.InvariantCulture);
-            var valid = Verify(id, ts, body, http.Request.Headers["webhook-signature"].ToString());
+            var valid = long.TryParse(http.Request.Headers["webhook-timestamp"].ToString(), System.Globalization.CultureInfo.InvariantCulture, out var ts)
+                        && Verify(id, ts, body, http.Request.Headers["webhook-signature"].ToString());
             var attempt = Interlocked.Increment(ref receiver!._attempts);
             var status = receiver.Respond(attempt);
             var payload = JsonDocument.Parse(body).RootElement.Clone();
