@@ -33,11 +33,16 @@ public static class ServiceApp
 
         services.AddSerilog((sp, log) =>
         {
-            log.ReadFrom.Configuration(config).ReadFrom.Services(sp).Enrich.FromLogContext();
+            log.MinimumLevel.Override("Microsoft.AspNetCore", LogEventLevel.Warning)
+                .MinimumLevel.Override("Microsoft.AspNetCore.DataProtection", LogEventLevel.Error)
+                .ReadFrom.Configuration(config).ReadFrom.Services(sp)
+                .Enrich.FromLogContext().Enrich.With<CorrelationEnricher>();
+            // Serilog:WriteTo in configuration replaces the default console sink; Omni:Logging:Json switches it to JSON lines.
             if (!config.GetSection("Serilog:WriteTo").Exists())
-                log.MinimumLevel.Override("Microsoft.AspNetCore", LogEventLevel.Warning)
-                    .MinimumLevel.Override("Microsoft.AspNetCore.DataProtection", LogEventLevel.Error)
-                    .WriteTo.Console(outputTemplate: "[{Timestamp:HH:mm:ss.fff} {Level:u3}] {Message:lj}{RequestIdSuffix}{JobIdSuffix}{NewLine}{Exception}");
+            {
+                if (config.GetValue<bool>("Omni:Logging:Json")) log.WriteTo.Console(new Serilog.Formatting.Compact.RenderedCompactJsonFormatter());
+                else log.WriteTo.Console(outputTemplate: "[{Timestamp:HH:mm:ss.fff} {Level:u3}] {Message:lj}{Correlation}{NewLine}{Exception}");
+            }
         });
 
         AddOptions<StorageOptions>(services, StorageOptions.Section);
@@ -119,10 +124,13 @@ public static class ServiceApp
         {
             http.Response.Headers["X-Request-Id"] = http.TraceIdentifier;
             using (Serilog.Context.LogContext.PushProperty("RequestId", http.TraceIdentifier))
-            using (Serilog.Context.LogContext.PushProperty("RequestIdSuffix", $" (request {http.TraceIdentifier})"))
                 await next(http);
         });
-        app.UseSerilogRequestLogging();
+        app.UseSerilogRequestLogging(o => o.GetLevel = (http, _, ex) =>
+            ex is not null || http.Response.StatusCode >= 500 ? LogEventLevel.Error
+            // Polls, probes and scrapes would drown everything else at Information.
+            : HttpMethods.IsGet(http.Request.Method) && http.Response.StatusCode < 400 ? LogEventLevel.Debug
+            : LogEventLevel.Information);
         app.UseMiddleware<ProblemExceptionMiddleware>();
         app.UseMiddleware<LoopbackOnlyWhenOpenMiddleware>();
         app.UseSwagger();

@@ -67,6 +67,13 @@ public sealed class ServiceHost : IAsyncDisposable
         dataDirectory ??= NewDataDirectory();
         engine ??= new TestEngine();
         var settings = DefaultSettings(dataDirectory);
+        if (Environment.GetEnvironmentVariable("OMNI_TEST_LOG_FILE") is { Length: > 0 } logFile)
+        {
+            // For looking at the service's log while debugging tests.
+            settings["Serilog:WriteTo:0:Name"] = "File";
+            settings["Serilog:WriteTo:0:Args:path"] = logFile;
+            settings["Serilog:WriteTo:0:Args:outputTemplate"] = "[{Timestamp:HH:mm:ss.fff} {Level:u3}] {Message:lj}{Correlation}{NewLine}{Exception}";
+        }
         configure?.Invoke(settings);
         var builder = ServiceApp.CreateBuilder([], config => config.AddInMemoryCollection(settings));
         builder.Environment.EnvironmentName = "Testing";

@@ -49,7 +49,8 @@ public sealed class JobService(
         {
             case EnqueueOutcome.Created:
                 signals.WorkAvailable();
-                logger.LogInformation("Job {JobId} queued at position {Position} for {Owner}", id, result.QueuedCount, owner == "" ? "(open)" : owner);
+                using (Serilog.Context.LogContext.PushProperty("JobId", id))
+                    logger.LogInformation("Job {JobId} queued at position {Position} for {Owner}", id, result.QueuedCount, owner == "" ? "(open)" : owner);
                 return new SubmitOutcome(result.Job!, false);
             case EnqueueOutcome.Replayed:
                 return new SubmitOutcome((await store.GetAsync(result.Job!.Id, ct))!, true);
@@ -59,7 +60,7 @@ public sealed class JobService(
                     $"The Idempotency-Key was already used for job {result.Job!.Id} with a different request body.");
             default:
                 metrics.Rejected("queue-full");
-                var retryAfter = EstimateRetryAfter(result.QueuedCount);
+                var retryAfter = EstimateRetryAfter();
                 throw new ApiProblemException(429, "queue-full", "Queue full",
                     $"{result.QueuedCount} jobs are waiting (capacity {_queue.Capacity}); retry in about {(int)retryAfter.TotalSeconds} s.",
                     retryAfter: retryAfter);
@@ -67,12 +68,11 @@ public sealed class JobService(
     }
 
     /// <summary>How long until a queue slot frees: one job's mean time over the worker slots, else the configured default.</summary>
-    private TimeSpan EstimateRetryAfter(int queued)
+    private TimeSpan EstimateRetryAfter()
     {
         var seconds = metrics.MeanInferenceTime is { } mean
             ? mean.TotalSeconds / Math.Max(1, workerOptions.Value.Concurrency)
             : _queue.DefaultRetryAfterSeconds;
-        _ = queued;
         return TimeSpan.FromSeconds(Math.Clamp(Math.Ceiling(seconds), 1, 3600));
     }
 

@@ -85,7 +85,7 @@ public sealed partial class StylizationWorker(
                 continue;
             }
             signals.JobChanged(job.Id);
-            using (logger.BeginScope(new Dictionary<string, object> { ["JobId"] = job.Id }))
+            using (Serilog.Context.LogContext.PushProperty("JobId", job.Id))
                 await RunJobAsync(engine, job, stoppingToken);
         }
     }
@@ -132,7 +132,10 @@ public sealed partial class StylizationWorker(
             cts.Token.ThrowIfCancellationRequested();
 
             var image = await blobs.ReadAllAsync(job.InputBlob, cts.Token);
-            var result = await engine.RunAsync(job.Parameters.ToRequest(image), progress, cts.Token);
+            // Its own thread: a real engine computes synchronously for long stretches and must not hold a pool thread.
+            var request = job.Parameters.ToRequest(image);
+            var result = await Task.Factory.StartNew(() => engine.RunAsync(request, progress, cts.Token), CancellationToken.None,
+                TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
             completion = await StoreResultAsync(job, result, cts.Token);
         }
         catch (OperationCanceledException) when (cts.IsCancellationRequested)

@@ -25,6 +25,7 @@ public sealed class SubmissionValidator(IOptions<LimitsOptions> limitsOptions, D
 {
     private static readonly string[] AcceptedFormats = ["PNG", "JPEG", "WEBP"];
     private readonly LimitsOptions _limits = limitsOptions.Value;
+    private readonly SemaphoreSlim _decodeSlots = new(limitsOptions.Value.MaxConcurrentImageChecks);
 
     public async Task<ValidatedSubmission> ValidateAsync(RawSubmission raw, IStylizationEngine engine, CancellationToken ct)
     {
@@ -54,7 +55,11 @@ public sealed class SubmissionValidator(IOptions<LimitsOptions> limitsOptions, D
         if (raw.Errors.Count > 0) throw ValidationFailed(raw);
 
         var image = raw.Image!;
-        var (imageWidth, imageHeight) = CheckImage(image);
+        await _decodeSlots.WaitAsync(ct);
+        (int imageWidth, int imageHeight) size;
+        try { size = CheckImage(image); }
+        finally { _decodeSlots.Release(); }
+        var (imageWidth, imageHeight) = size;
 
         // One side given: the other follows the photo's aspect ratio, on the 16-pixel grid.
         int? width = raw.Width, height = raw.Height;

@@ -58,6 +58,8 @@ public sealed class LimitsOptions
     [Range(1, 65535)] public int MaxImageSide { get; set; } = 12_000;
     [Range(1, 100_000)] public int MaxPromptLength { get; set; } = 2000;
     [Range(1, 16)] public int MaxStyles { get; set; } = 4;
+    /// <summary>Submissions whose image is decoded at once (the full decode that catches corrupt files costs memory).</summary>
+    [Range(1, 256)] public int MaxConcurrentImageChecks { get; set; } = Math.Max(2, Environment.ProcessorCount);
     /// <summary>Upper bound for Prefer: wait=N.</summary>
     [Range(0, 600)] public int MaxPreferWaitSeconds { get; set; } = 60;
 }

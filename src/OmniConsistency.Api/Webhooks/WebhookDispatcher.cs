@@ -115,7 +115,8 @@ public sealed class WebhookDispatcher(
 
     private async Task DeliverAsync(ResiliencePipeline<HttpResponseMessage> pipeline, WebhookDelivery delivery, CancellationToken stoppingToken)
     {
-        using var scope = logger.BeginScope(new Dictionary<string, object> { ["JobId"] = delivery.JobId, ["WebhookId"] = delivery.Id });
+        using var jobProperty = Serilog.Context.LogContext.PushProperty("JobId", delivery.JobId);
+        using var webhookProperty = Serilog.Context.LogContext.PushProperty("WebhookId", delivery.Id);
         var attempts = 0;
         int? statusCode = null;
         string? error = null;
