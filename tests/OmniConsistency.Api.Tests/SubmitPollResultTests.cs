@@ -91,6 +91,16 @@ public sealed class SubmitPollResultTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Form_as_swagger_ui_sends_it_with_empty_optional_fields_is_accepted()
+    {
+        // Swagger UI "Try it out" sends every field, the untouched ones empty (checked with headless Chromium).
+        var job = await _host.Client.SubmitAsync(TestImages.Png(),
+            ("condSize", "512"), ("prompt", "from swagger ui"), ("width", ""), ("height", ""), ("steps", "4"), ("webhookEvents", ""),
+            ("style", "demo:0.7"), ("seed", ""), ("conditionFit", "stretch"), ("outputFormat", "png"), ("guidance", "3.5"), ("webhookUrl", ""));
+        Assert.Equal("succeeded", (await _host.Client.WaitForTerminalAsync(job.Id())).Status());
+    }
+
+    [Fact]
     public async Task Result_before_completion_is_a_conflict_problem()
     {
         _host.Engine.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);

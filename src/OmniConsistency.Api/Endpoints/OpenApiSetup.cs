@@ -35,6 +35,12 @@ public static class OpenApiSetup
         o.OperationFilter<SubmitOperationFilter>();
     }
 
+    private static OpenApiSchema WithExample(OpenApiSchema schema, JsonNode example)
+    {
+        schema.Example = example;
+        return schema;
+    }
+
     private sealed class SubmitOperationFilter : IOperationFilter
     {
         public void Apply(OpenApiOperation operation, OperationFilterContext context)
@@ -47,26 +53,30 @@ public static class OpenApiSetup
                 if (values.Length > 0) s.Enum = values.Select(v => (JsonNode)JsonValue.Create(v)).ToList();
                 return s;
             }
+            // Swagger UI pre-fills every form field (0 for a number, "string" for text) unless the schema has an
+            // example; an empty example leaves optional fields empty, and empty fields count as absent.
+            static JsonNode Empty() => JsonValue.Create("");
             static OpenApiSchema Int(string description, int? example = null) =>
-                new() { Type = JsonSchemaType.Integer, Format = "int32", Description = description, Example = example is { } e ? JsonValue.Create(e) : null };
+                new() { Type = JsonSchemaType.Integer, Format = "int32", Description = description, Example = example is { } e ? JsonValue.Create(e) : Empty() };
 
             var common = new Dictionary<string, IOpenApiSchema>
             {
-                ["prompt"] = Str("Optional prompt; the styles' trigger words are added from the catalog."),
+                ["prompt"] = WithExample(Str("Optional prompt; the styles' trigger words are added from the catalog."), Empty()),
                 ["width"] = Int("Output width, multiple of 16. Default: the photo's aspect ratio at about 1 megapixel."),
                 ["height"] = Int("Output height, multiple of 16."),
                 ["steps"] = Int("Denoising steps, 1-50 (default 25).", 25),
                 ["guidance"] = new OpenApiSchema { Type = JsonSchemaType.Number, Description = "Guidance scale (default 3.5).", Example = JsonValue.Create(3.5) },
-                ["seed"] = new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int64", Description = "Random if absent; always returned." },
+                ["seed"] = new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int64", Description = "Random if absent; always returned.", Example = Empty() },
                 ["condSize"] = Int("Condition image size, multiple of 16 (default 512).", 512),
-                ["conditionFit"] = Str("How the photo fits the square condition image (default stretch).", "stretch", "pad"),
-                ["outputFormat"] = Str("Result format (default png).", "png", "jpeg", "webp"),
-                ["webhookUrl"] = new OpenApiSchema { Type = JsonSchemaType.String, Format = "uri", Description = "Receives signed Standard Webhooks events." },
+                ["conditionFit"] = WithExample(Str("How the photo fits the square condition image (default stretch).", "stretch", "pad"), JsonValue.Create("stretch")),
+                ["outputFormat"] = WithExample(Str("Result format (default png).", "png", "jpeg", "webp"), JsonValue.Create("png")),
+                ["webhookUrl"] = new OpenApiSchema { Type = JsonSchemaType.String, Format = "uri", Description = "Receives signed Standard Webhooks events.", Example = Empty() },
             };
             var eventsSchema = new OpenApiSchema
             {
                 Type = JsonSchemaType.Array, Items = Str("", "started", "succeeded", "failed", "canceled"),
                 Description = "Which events to send to webhookUrl (default: all).",
+                Example = new JsonArray(),
             };
 
             var form = new OpenApiSchema
@@ -78,8 +88,9 @@ public static class OpenApiSetup
                     ["image"] = new OpenApiSchema { Type = JsonSchemaType.String, Format = "binary", Description = "The photo (PNG, JPEG or WebP)." },
                     ["style"] = new OpenApiSchema
                     {
-                        Type = JsonSchemaType.Array, Items = Str("`name` or `name:weight`"),
+                        Type = JsonSchemaType.Array, Items = WithExample(Str("`name` or `name:weight`"), JsonValue.Create("")),
                         Description = "Repeatable: `name` or `name:weight` (see GET /v1/styles).",
+                        Example = new JsonArray(),
                     },
                     ["webhookEvents"] = eventsSchema,
                 },
