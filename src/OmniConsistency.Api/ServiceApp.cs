@@ -201,7 +201,16 @@ public static class ServiceApp
         var auth = builder.Configuration.GetSection(AuthOptions.Section).Get<AuthOptions>() ?? new AuthOptions();
         if (auth.ApiKeys.Count > 0) return;
         var urls = builder.Configuration[WebHostDefaults.ServerUrlsKey];
-        if (string.IsNullOrWhiteSpace(urls)) urls = "http://localhost:5000";
+        if (string.IsNullOrWhiteSpace(urls))
+        {
+            // ASPNETCORE_HTTP_PORTS / HTTPS_PORTS (the container images' default) name ports on every interface.
+            var ports = (builder.Configuration[WebHostDefaults.HttpPortsKey] ?? "").Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(p => $"http://127.0.0.1:{p}")
+                .Concat((builder.Configuration[WebHostDefaults.HttpsPortsKey] ?? "").Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                    .Select(p => $"https://127.0.0.1:{p}"))
+                .ToList();
+            urls = ports.Count > 0 ? string.Join(';', ports) : "http://localhost:5000";
+        }
         var rebound = urls.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(u =>
         {
             var schemeEnd = u.IndexOf("://", StringComparison.Ordinal);

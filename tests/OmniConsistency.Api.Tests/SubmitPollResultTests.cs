@@ -141,7 +141,10 @@ public sealed class SubmitPollResultTests : IAsyncLifetime
         using var metrics = await _host.Client.GetAsync("metrics");
         Assert.StartsWith("text/plain", metrics.Content.Headers.ContentType?.ToString());
         var text = await metrics.Content.ReadAsStringAsync();
-        foreach (var name in new[] { "omni_queue_depth", "omni_jobs{state=\"queued\"}", "omni_step_seconds_count", "omni_webhook_attempts_total", "omni_engine_ready 1" })
+        await _host.Client.WaitForTerminalAsync((await _host.Client.SubmitAsync(TestImages.Png(), ("steps", "2"))).Id());
+        text = await _host.Client.GetStringAsync("metrics");
+        foreach (var name in new[] { "omni_queue_depth", "omni_jobs{state=\"queued\"}", "omni_step_seconds_count", "omni_webhook_attempts_total", "omni_engine_ready 1",
+                     "omni_test_lora_cache_hits_total" })
             Assert.Contains(name, text);
 
         var swagger = await (await _host.Client.GetAsync("swagger/v1/swagger.json")).Json();

@@ -17,6 +17,10 @@ namespace OmniConsistency.Api.Tests;
 /// </summary>
 public sealed class TestEngine : IStylizationEngine
 {
+    // Plays the LoRA cache's counters, which the service exports from any "OmniConsistency.*" meter.
+    private static readonly System.Diagnostics.Metrics.Meter Meter = new("OmniConsistency.Inference.Test");
+    private static readonly System.Diagnostics.Metrics.Counter<long> LoraHits = Meter.CreateCounter<long>("test_lora_cache_hits");
+
     public TimeSpan StepDelay { get; set; } = TimeSpan.FromMilliseconds(5);
 
     /// <summary>Never finishes and ignores cancellation, like a process that died mid-job.</summary>
@@ -57,6 +61,7 @@ public sealed class TestEngine : IStylizationEngine
         Interlocked.Increment(ref _runs);
         RunsBySeed.AddOrUpdate(request.Seed, 1, (_, n) => n + 1);
         RunStarted.TrySetResult(request);
+        LoraHits.Add(request.Styles.Count + 1);
         if (Freeze) await Task.Delay(Timeout.Infinite, CancellationToken.None);
 
         using var image = Image.Load<Rgb24>(request.Image);

@@ -15,13 +15,14 @@ public sealed class ApiKeyRegistry
     public sealed record Identity(string Name, int? PermitsPerMinute);
 
     private readonly Dictionary<string, Identity> _byHash = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, Identity> _byName = new(StringComparer.Ordinal);
 
     public ApiKeyRegistry(IOptions<AuthOptions> options)
     {
         foreach (var entry in options.Value.ApiKeys)
         {
             var hash = !string.IsNullOrEmpty(entry.Key) ? Hash(entry.Key) : entry.KeySha256!.ToLowerInvariant();
-            _byHash[hash] = new Identity(entry.Name, entry.PermitsPerMinute);
+            _byHash[hash] = _byName[entry.Name] = new Identity(entry.Name, entry.PermitsPerMinute);
             entry.Key = null; // the plain key is not kept in memory longer than start-up
         }
     }
@@ -37,7 +38,7 @@ public sealed class ApiKeyRegistry
     /// </summary>
     public Identity? Find(string presentedKey) => _byHash.GetValueOrDefault(Hash(presentedKey));
 
-    public Identity? ByName(string name) => _byHash.Values.FirstOrDefault(v => v.Name == name);
+    public Identity? ByName(string name) => _byName.GetValueOrDefault(name);
 }
 
 /// <summary>Authenticates "Authorization: Bearer &lt;key&gt;" or "X-Api-Key: &lt;key&gt;". The key's name becomes the caller's identity.</summary>

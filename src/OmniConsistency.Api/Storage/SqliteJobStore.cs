@@ -105,7 +105,8 @@ public sealed partial class SqliteJobStore : IJobStore, IDisposable
     public void Dispose()
     {
         _writeLock.Dispose();
-        SqliteConnection.ClearAllPools();
+        using var conn = new SqliteConnection(_connectionString);
+        SqliteConnection.ClearPool(conn); // close this file's pooled connections (a restarted host reopens it)
     }
 
     private async Task<SqliteConnection> OpenAsync(CancellationToken ct)
