@@ -16,12 +16,14 @@ namespace OmniConsistency.Api.Tests;
 /// </summary>
 public sealed class WebhookReceiver : IAsyncDisposable
 {
-    public sealed record Received(string Id, string Type, long Timestamp, bool SignatureValid, JsonElement Payload, int AnsweredStatus);
+    public sealed record Received(string Id, string Type, long Timestamp, bool SignatureValid, JsonElement Payload, int AnsweredStatus, DateTime At);
 
     private readonly WebApplication _app;
     public ConcurrentQueue<Received> Requests { get; } = new();
     /// <summary>Attempt number (1-based, over all requests) → status code.</summary>
     public Func<int, int> Respond { get; set; } = _ => 200;
+    /// <summary>Attempt number → Retry-After seconds to send with the answer (null: none).</summary>
+    public Func<int, int?> RetryAfter { get; set; } = _ => null;
     private int _attempts;
     public string Url { get; }
 
@@ -47,7 +49,8 @@ public sealed class WebhookReceiver : IAsyncDisposable
             var attempt = Interlocked.Increment(ref receiver!._attempts);
             var status = receiver.Respond(attempt);
             var payload = JsonDocument.Parse(body).RootElement.Clone();
-            receiver.Requests.Enqueue(new Received(id, payload.GetProperty("type").GetString()!, ts, valid, payload, status));
+            receiver.Requests.Enqueue(new Received(id, payload.GetProperty("type").GetString()!, ts, valid, payload, status, DateTime.UtcNow));
+            if (receiver.RetryAfter(attempt) is { } seconds) http.Response.Headers.RetryAfter = seconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
             return Results.StatusCode(status);
         });
         await app.StartAsync();

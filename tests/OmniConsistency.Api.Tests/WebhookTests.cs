@@ -64,6 +64,21 @@ public sealed class WebhookTests
     }
 
     [Fact]
+    public async Task Retry_after_from_the_receiver_is_honoured()
+    {
+        await using var receiver = await WebhookReceiver.StartAsync();
+        receiver.Respond = attempt => attempt == 1 ? 429 : 200;
+        receiver.RetryAfter = attempt => attempt == 1 ? 2 : null;
+        await using var host = await ServiceHost.StartAsync();
+        await host.Client.SubmitAsync(TestImages.Png(), ("steps", "2"), ("webhookUrl", receiver.Url), ("webhookEvents", "succeeded"));
+        await receiver.WaitForAsync(r => r.Delivered.Count == 1);
+        var attempts = receiver.Requests.ToList();
+        Assert.Equal(2, attempts.Count);
+        // Without Retry-After the next attempt would come after the 100 ms round delay.
+        Assert.True(attempts[1].At - attempts[0].At >= TimeSpan.FromSeconds(1.9), $"retried after {(attempts[1].At - attempts[0].At).TotalMilliseconds} ms");
+    }
+
+    [Fact]
     public async Task Gone_stops_delivery()
     {
         await using var receiver = await WebhookReceiver.StartAsync();
