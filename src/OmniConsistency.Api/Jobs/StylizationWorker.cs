@@ -86,7 +86,19 @@ public sealed partial class StylizationWorker(
             }
             signals.JobChanged(job.Id);
             using (Serilog.Context.LogContext.PushProperty("JobId", job.Id))
-                await RunJobAsync(engine, job, stoppingToken);
+            {
+                try
+                {
+                    await RunJobAsync(engine, job, stoppingToken);
+                }
+                catch (Exception ex) when (!stoppingToken.IsCancellationRequested)
+                {
+                    // Only the store can fail here (engine errors are the job's). The lease is no longer renewed,
+                    // so the job is re-queued when it expires; the worker goes on.
+                    logger.LogError(ex, "Job {JobId} could not be recorded; it is retried when its lease expires", job.Id);
+                    await Task.Delay(_queue.PollInterval, stoppingToken);
+                }
+            }
         }
     }
 
@@ -115,13 +127,27 @@ public sealed partial class StylizationWorker(
 
     private async Task RunJobAsync(IStylizationEngine engine, JobRecord job, CancellationToken stoppingToken)
     {
+        // Linked to shutdown too: a worker that is going away must stop renewing leases.
+        using var heartbeatStop = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
+        try
+        {
+            await RunJobCoreAsync(engine, job, heartbeatStop, stoppingToken);
+        }
+        finally
+        {
+            // Whatever happened, this process no longer works on the job: stop the heartbeat so the lease can expire.
+            running.Unregister(job.Id);
+            await heartbeatStop.CancelAsync();
+        }
+    }
+
+    private async Task RunJobCoreAsync(IStylizationEngine engine, JobRecord job, CancellationTokenSource heartbeatStop, CancellationToken stoppingToken)
+    {
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
         var entry = running.Register(job.Id, cts);
         var leaseLost = false;
         var clock = Stopwatch.StartNew();
         JobCompletion completion;
-        // Linked to shutdown too: a worker that is going away must stop renewing leases.
-        using var heartbeatStop = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
         var heartbeat = HeartbeatAsync(job.Id, entry, () => leaseLost = true, heartbeatStop.Token);
         var progress = new ProgressWriter((p, stepTime) => RecordProgressAsync(job.Id, p, stepTime));
         try
