@@ -1,6 +1,6 @@
-var builder = WebApplication.CreateBuilder(args);
-var app = builder.Build();
-app.MapGet("/healthz", () => Results.Ok(new { status = "alive" }));
+using OmniConsistency.Api;
+
+var app = ServiceApp.Build(ServiceApp.CreateBuilder(args));
 app.Run();
 
 public partial class Program;

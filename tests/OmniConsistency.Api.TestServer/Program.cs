@@ -1,0 +1,9 @@
+using OmniConsistency.Api;
+using OmniConsistency.Api.Tests;
+using OmniConsistency.Inference.Pipelines;
+
+// The real service (ServiceApp) with TestEngine in place of the model; TestEngine:StepDelayMs sets its speed.
+var builder = ServiceApp.CreateBuilder(args);
+var stepDelay = int.TryParse(builder.Configuration["TestEngine:StepDelayMs"], out var ms) ? ms : 5;
+builder.Services.AddSingleton<IStylizationEngine>(new TestEngine { StepDelay = TimeSpan.FromMilliseconds(stepDelay) });
+ServiceApp.Build(builder).Run();

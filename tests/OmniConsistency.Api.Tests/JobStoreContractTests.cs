@@ -1,0 +1,195 @@
+using Microsoft.Extensions.Options;
+using OmniConsistency.Api.Jobs;
+using OmniConsistency.Api.Options;
+using OmniConsistency.Api.Storage;
+
+namespace OmniConsistency.Api.Tests;
+
+/// <summary>
+/// The <see cref="IJobStore"/> contract. Another store (PostgreSQL) passes the same tests by deriving from this
+/// class and creating its store in <see cref="CreateStoreAsync"/>.
+/// </summary>
+public abstract class JobStoreContractTests : IAsyncLifetime
+{
+    protected IJobStore Store { get; private set; } = null!;
+    private static readonly TimeSpan Lease = TimeSpan.FromSeconds(30);
+    private static readonly DateTimeOffset T0 = new(2026, 1, 1, 12, 0, 0, TimeSpan.Zero);
+
+    protected abstract Task<IJobStore> CreateStoreAsync();
+
+    public async ValueTask InitializeAsync()
+    {
+        Store = await CreateStoreAsync();
+        await Store.InitializeAsync(CancellationToken.None);
+    }
+
+    public virtual ValueTask DisposeAsync()
+    {
+        (Store as IDisposable)?.Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    private static NewJob Job(string id, string owner = "k", string? key = null, string? hash = null, string? webhook = null, DateTimeOffset? at = null) => new()
+    {
+        Id = id, Owner = owner, Parameters = new JobParameters { Steps = 2, Seed = 1 }, InputBlob = $"inputs/{id}",
+        IdempotencyKey = key, RequestHash = hash, WebhookUrl = webhook,
+        WebhookEvents = webhook is null ? [] : ["started", "succeeded", "failed", "canceled"], BaseUrl = "http://svc", CreatedAt = at ?? T0,
+    };
+
+    private static readonly CancellationToken Ct = CancellationToken.None;
+
+    [Fact]
+    public async Task Jobs_are_claimed_oldest_first_with_queue_positions()
+    {
+        for (var i = 1; i <= 3; i++) Assert.Equal(EnqueueOutcome.Created, (await Store.EnqueueAsync(Job($"j{i}"), 10, Ct)).Outcome);
+        Assert.Equal(3, (await Store.GetAsync("j3", Ct))!.QueuePosition);
+        var claimed = await Store.ClaimNextAsync("w1", Lease, T0, Ct);
+        Assert.Equal("j1", claimed!.Id);
+        Assert.Equal(JobStatus.Running, claimed.Status);
+        Assert.Equal(1, claimed.Attempts);
+        Assert.Equal(1, (await Store.GetAsync("j2", Ct))!.QueuePosition);
+        Assert.Equal("j2", (await Store.ClaimNextAsync("w1", Lease, T0, Ct))!.Id);
+    }
+
+    [Fact]
+    public async Task Concurrent_claims_never_hand_out_a_job_twice()
+    {
+        for (var i = 0; i < 20; i++) await Store.EnqueueAsync(Job($"c{i:00}"), 100, Ct);
+        var claims = await Task.WhenAll(Enumerable.Range(0, 40).Select(w => Task.Run(() => Store.ClaimNextAsync($"w{w}", Lease, T0, Ct))));
+        var ids = claims.Where(c => c is not null).Select(c => c!.Id).ToList();
+        Assert.Equal(20, ids.Count);
+        Assert.Equal(20, ids.Distinct().Count());
+    }
+
+    [Fact]
+    public async Task Expired_lease_requeues_and_the_old_worker_can_no_longer_write()
+    {
+        await Store.EnqueueAsync(Job("a"), 10, Ct);
+        await Store.ClaimNextAsync("old", Lease, T0, Ct);
+        Assert.Equal(0, await Store.RecoverAsync(T0 + Lease / 2, 3, includeLiveLeases: false, Ct)); // live lease untouched
+        Assert.Equal(1, await Store.RecoverAsync(T0 + Lease + TimeSpan.FromSeconds(1), 3, includeLiveLeases: false, Ct));
+        Assert.Equal(JobStatus.Queued, (await Store.GetAsync("a", Ct))!.Status);
+
+        var again = await Store.ClaimNextAsync("new", Lease, T0 + Lease * 2, Ct);
+        Assert.Equal(2, again!.Attempts);
+        Assert.False((await Store.RenewLeaseAsync("a", "old", Lease, T0 + Lease * 2, Ct)).Held);
+        Assert.False(await Store.ReportProgressAsync("a", "old", new JobProgress("denoise", 1, 2), T0, Ct));
+        Assert.Null(await Store.CompleteAsync("a", "old", new JobCompletion(JobStatus.Succeeded, null, null, 1), T0, Ct));
+        Assert.NotNull(await Store.CompleteAsync("a", "new", new JobCompletion(JobStatus.Failed, null, new JobError("x", "X", "x"), 1), T0, Ct));
+        Assert.Equal(JobStatus.Failed, (await Store.GetAsync("a", Ct))!.Status);
+    }
+
+    [Fact]
+    public async Task A_job_out_of_attempts_fails_instead_of_requeueing()
+    {
+        await Store.EnqueueAsync(Job("b", webhook: "http://hook"), 10, Ct);
+        await Store.ClaimNextAsync("w", Lease, T0, Ct);
+        await Store.RecoverAsync(T0, 2, includeLiveLeases: true, Ct);
+        await Store.ClaimNextAsync("w", Lease, T0, Ct);
+        await Store.RecoverAsync(T0, 2, includeLiveLeases: true, Ct);
+        var job = await Store.GetAsync("b", Ct);
+        Assert.Equal(JobStatus.Failed, job!.Status);
+        Assert.Equal("job-interrupted", job.Error!.Type);
+        var deliveries = await Store.GetDeliveriesAsync("b", Ct);
+        Assert.Equal(["stylization.failed", "stylization.started", "stylization.started"], deliveries.Select(d => d.EventType).Order());
+    }
+
+    [Fact]
+    public async Task Capacity_and_idempotency_are_checked_with_the_insert()
+    {
+        Assert.Equal(EnqueueOutcome.Created, (await Store.EnqueueAsync(Job("i1", key: "K", hash: "H"), 2, Ct)).Outcome);
+        var replay = await Store.EnqueueAsync(Job("i2", key: "K", hash: "H"), 2, Ct);
+        Assert.Equal(EnqueueOutcome.Replayed, replay.Outcome);
+        Assert.Equal("i1", replay.Job!.Id);
+        Assert.Equal(EnqueueOutcome.IdempotencyConflict, (await Store.EnqueueAsync(Job("i3", key: "K", hash: "other"), 2, Ct)).Outcome);
+        Assert.Equal(EnqueueOutcome.Created, (await Store.EnqueueAsync(Job("i4", owner: "someone-else", key: "K", hash: "H"), 2, Ct)).Outcome);
+        Assert.Equal(EnqueueOutcome.QueueFull, (await Store.EnqueueAsync(Job("i5"), 2, Ct)).Outcome);
+        Assert.Null(await Store.GetAsync("i5", Ct));
+    }
+
+    [Fact]
+    public async Task Cancel_is_immediate_when_queued_and_requested_when_running()
+    {
+        await Store.EnqueueAsync(Job("r"), 10, Ct);
+        await Store.EnqueueAsync(Job("q"), 10, Ct);
+        await Store.ClaimNextAsync("w", Lease, T0, Ct);
+        Assert.Equal(CancelOutcome.Canceled, (await Store.RequestCancelAsync("q", T0, Ct)).Outcome);
+        Assert.Equal(CancelOutcome.CancelRequested, (await Store.RequestCancelAsync("r", T0, Ct)).Outcome);
+        Assert.True((await Store.RenewLeaseAsync("r", "w", Lease, T0, Ct)).CancelRequested);
+        Assert.Null(await Store.ClaimNextAsync("w", Lease, T0, Ct)); // the canceled job is not claimable
+        await Store.CompleteAsync("r", "w", new JobCompletion(JobStatus.Canceled, null, null, 1), T0, Ct);
+        Assert.Equal(CancelOutcome.AlreadyFinished, (await Store.RequestCancelAsync("r", T0, Ct)).Outcome);
+        Assert.Equal(CancelOutcome.NotFound, (await Store.RequestCancelAsync("nope", T0, Ct)).Outcome);
+    }
+
+    [Fact]
+    public async Task Events_record_every_transition_in_order()
+    {
+        await Store.EnqueueAsync(Job("e"), 10, Ct);
+        await Store.ClaimNextAsync("w", Lease, T0, Ct);
+        await Store.ReportProgressAsync("e", "w", new JobProgress("denoise", 1, 2), T0, Ct);
+        await Store.ReportProgressAsync("e", "w", new JobProgress("denoise", 2, 2), T0, Ct);
+        await Store.CompleteAsync("e", "w", new JobCompletion(JobStatus.Succeeded,
+            new JobResultInfo("results/e.png", "image/png", 16, 16, 10, "\"x\"", "p", []), null, 5), T0, Ct);
+        var events = await Store.GetEventsAsync("e", 0, 100, Ct);
+        Assert.Equal(["queued", "started", "progress", "progress", "completed"], events.Select(e => e.Type));
+        Assert.Equal(events.Skip(2).Select(e => e.Seq), (await Store.GetEventsAsync("e", events[1].Seq, 100, Ct)).Select(e => e.Seq));
+        var counts = await Store.GetCountsAsync(Ct);
+        Assert.Equal(1, counts.Succeeded);
+    }
+
+    [Fact]
+    public async Task Webhook_outbox_leases_due_deliveries_and_keeps_the_schedule()
+    {
+        await Store.EnqueueAsync(Job("h", webhook: "http://hook"), 10, Ct);
+        await Store.ClaimNextAsync("w", Lease, T0, Ct);
+        var due = await Store.ClaimDueDeliveriesAsync("d1", T0, 10, Lease, Ct);
+        Assert.Equal("stylization.started", Assert.Single(due).EventType);
+        Assert.Empty(await Store.ClaimDueDeliveriesAsync("d2", T0, 10, Lease, Ct)); // leased to d1
+
+        var next = T0 + TimeSpan.FromMinutes(5);
+        await Store.RecordDeliveryRoundAsync(due[0].Id, new DeliveryRound(DeliveryStatus.Pending, 2, next, 503, "503", T0), Ct);
+        Assert.Empty(await Store.ClaimDueDeliveriesAsync("d2", T0 + TimeSpan.FromMinutes(1), 10, Lease, Ct));
+        Assert.Equal(next, await Store.NextDeliveryDueAsync(Ct));
+        var retry = Assert.Single(await Store.ClaimDueDeliveriesAsync("d2", next, 10, Lease, Ct));
+        Assert.Equal(2, retry.Attempts);
+        await Store.RecordDeliveryRoundAsync(retry.Id, new DeliveryRound(DeliveryStatus.Delivered, 1, null, 200, null, next), Ct);
+        var stored = Assert.Single(await Store.GetDeliveriesAsync("h", Ct));
+        Assert.Equal(DeliveryStatus.Delivered, stored.Status);
+        Assert.Equal(3, stored.Attempts);
+        Assert.Equal(next, stored.DeliveredAt);
+    }
+
+    [Fact]
+    public async Task Results_expire_after_retention_and_old_jobs_are_deleted()
+    {
+        await Store.EnqueueAsync(Job("x"), 10, Ct);
+        await Store.ClaimNextAsync("w", Lease, T0, Ct);
+        await Store.CompleteAsync("x", "w", new JobCompletion(JobStatus.Succeeded,
+            new JobResultInfo("results/x.png", "image/png", 16, 16, 10, "\"x\"", "p", []), null, 5), T0, Ct);
+        Assert.Empty(await Store.ListExpiredResultsAsync(T0 + TimeSpan.FromHours(23), 10, Ct));
+        var expired = Assert.Single(await Store.ListExpiredResultsAsync(T0 + TimeSpan.FromHours(25), 10, Ct));
+        Assert.Equal(["inputs/x", "results/x.png"], expired.Blobs);
+        await Store.MarkResultExpiredAsync("x", Ct);
+        Assert.True((await Store.GetAsync("x", Ct))!.ResultExpired);
+        Assert.Empty(await Store.ListExpiredResultsAsync(T0 + TimeSpan.FromHours(25), 10, Ct));
+
+        Assert.Single(await Store.DeleteFinishedJobsAsync(T0 + TimeSpan.FromDays(8), 10, Ct));
+        Assert.Null(await Store.GetAsync("x", Ct));
+        Assert.Empty(await Store.GetEventsAsync("x", 0, 10, Ct));
+    }
+}
+
+public sealed class SqliteJobStoreContractTests : JobStoreContractTests
+{
+    private readonly string _dir = ServiceHost.NewDataDirectory();
+
+    protected override Task<IJobStore> CreateStoreAsync() => Task.FromResult<IJobStore>(new SqliteJobStore(
+        Microsoft.Extensions.Options.Options.Create(new StorageOptions { DataDirectory = _dir }), new JobTransitionEffectsFactory()));
+
+    public override async ValueTask DisposeAsync()
+    {
+        await base.DisposeAsync();
+        try { Directory.Delete(_dir, recursive: true); } catch (IOException) { }
+    }
+}
