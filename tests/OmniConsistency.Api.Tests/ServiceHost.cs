@@ -36,7 +36,26 @@ public sealed class ServiceHost : IAsyncDisposable
         Client = NewClient();
     }
 
-    public static string NewDataDirectory() => Directory.CreateTempSubdirectory("omni-api-test-").FullName;
+    private static readonly System.Collections.Concurrent.ConcurrentBag<string> CreatedDirectories = CleanUpAtExit();
+
+    private static System.Collections.Concurrent.ConcurrentBag<string> CleanUpAtExit()
+    {
+        var dirs = new System.Collections.Concurrent.ConcurrentBag<string>();
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            foreach (var d in dirs)
+                try { Directory.Delete(d, recursive: true); } catch (Exception) { /* best effort */ }
+        };
+        return dirs;
+    }
+
+    /// <summary>A fresh data directory, deleted when the test process exits (restart tests share one between hosts).</summary>
+    public static string NewDataDirectory()
+    {
+        var dir = Directory.CreateTempSubdirectory("omni-api-test-").FullName;
+        CreatedDirectories.Add(dir);
+        return dir;
+    }
 
     /// <summary>Default test settings: short polls and retries, webhooks allowed to reach loopback only.</summary>
     public static Dictionary<string, string?> DefaultSettings(string dataDirectory) => new()

@@ -67,9 +67,6 @@ public interface IJobStore
     /// <summary>Records a delivery round and releases the delivery's lease.</summary>
     Task RecordDeliveryRoundAsync(string deliveryId, DeliveryRound round, CancellationToken ct);
 
-    /// <summary>The earliest time a pending delivery is due, if any (lets the dispatcher sleep until then).</summary>
-    Task<DateTimeOffset?> NextDeliveryDueAsync(CancellationToken ct);
-
     /// <summary>Finished jobs whose result expired (before <paramref name="now"/>) and whose files are not yet deleted.</summary>
     Task<IReadOnlyList<ExpiredFiles>> ListExpiredResultsAsync(DateTimeOffset now, int max, CancellationToken ct);
 

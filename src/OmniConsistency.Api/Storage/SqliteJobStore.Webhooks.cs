@@ -69,10 +69,4 @@ public sealed partial class SqliteJobStore
             ("$s", Wire(round.Status)), ("$n", round.AttemptsMade), ("$next", round.NextAttemptAt is { } t ? Ms(t) : null),
             ("$code", round.LastStatusCode), ("$err", round.LastError),
             ("$del", round.Status == DeliveryStatus.Delivered ? Ms(round.At) : null), ("$id", deliveryId)), ct);
-
-    public Task<DateTimeOffset?> NextDeliveryDueAsync(CancellationToken ct) => ReadAsync(conn =>
-    {
-        var v = Scalar(conn, null, "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_expires_at, 0))) FROM webhook_deliveries WHERE status = 'pending'");
-        return v is null ? (DateTimeOffset?)null : At(Convert.ToInt64(v));
-    }, ct);
 }
