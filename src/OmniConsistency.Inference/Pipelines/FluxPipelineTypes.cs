@@ -57,7 +57,7 @@ public static class GenerationPhases
     public const string EncodingPrompt = "encoding-prompt";
     public const string EncodingCondition = "encoding-condition";
     public const string Warmup = "warmup";
-    /// <summary>Reported after each denoising step with Step = 1..TotalSteps.</summary>
+    /// <summary>Reported once when the denoising loop starts (Step = 0, after the warm-up) and after each step (Step = 1..TotalSteps).</summary>
     public const string Denoising = "denoising";
     public const string Decoding = "decoding";
 }

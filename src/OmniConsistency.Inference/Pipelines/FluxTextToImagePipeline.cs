@@ -26,6 +26,7 @@ public sealed class FluxTextToImagePipeline(FluxModelSet models)
         using var prompt = FluxPipelineStages.EncodePrompt(Models, inputs, progress, cancellationToken, capture);
         var initialNoise = FluxPipelineStages.DrawNoise(Models, inputs, noise);
         var sampler = new FluxConditionedSampler(Models.Transformer, Models.Scheduler, consistencyLora: null);
+        progress?.Invoke(new StylizationProgress(GenerationPhases.Denoising, 0, inputs.Steps));
         var latents = sampler.Sample(new ConditionedSamplingRequest
         {
             PromptEmbeds = prompt.PromptEmbeds,

@@ -65,7 +65,8 @@ public sealed class OmniConsistencyPipeline(FluxModelSet models)
             GuidanceScale = inputs.GuidanceScale,
             ConsistencyWeight = inputs.ConsistencyWeight,
             TextFreeWarmup = inputs.TextFreeWarmup,
-        }, step => progress?.Invoke(new StylizationProgress(GenerationPhases.Denoising, step, inputs.Steps)), cancellationToken, capture);
+        }, step => progress?.Invoke(new StylizationProgress(GenerationPhases.Denoising, step, inputs.Steps)), cancellationToken, capture,
+            onWarmupCompleted: () => progress?.Invoke(new StylizationProgress(GenerationPhases.Denoising, 0, inputs.Steps)));
 
         var image = FluxPipelineStages.Decode(Models, inputs, latents, progress, cancellationToken, capture);
         return new FluxGenerationOutput(image.MoveToOuterDisposeScope(), prompt.ClipTokens[0], prompt.T5Tokens[0]);
