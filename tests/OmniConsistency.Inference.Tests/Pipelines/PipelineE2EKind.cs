@@ -14,17 +14,20 @@ namespace OmniConsistency.Inference.Tests.Pipelines;
 [GoldenKind("pipeline_e2e")]
 public sealed class PipelineE2EKind : IGoldenKindRunner
 {
-    public IReadOnlyDictionary<string, Tensor> Run(GoldenCase c)
+    public IReadOnlyDictionary<string, Tensor> Run(GoldenCase c) => Run(c, models: null);
+
+    /// <param name="models">How to load the model set (its consistency LoRA is the case's); null = the case's diffusers folder.</param>
+    public static IReadOnlyDictionary<string, Tensor> Run(GoldenCase c, FluxModelSetOptions? models)
+    {
+        var consistency = GoldenConsistencyLora.From(c) ?? throw new InvalidOperationException($"{c.Name} has no consistency LoRA");
+        return Run(c, consistency, FluxModelSet.Load((models ?? new FluxModelSetOptions { ModelFolder = c.ModelPath, Device = "cpu", DType = "float32" })
+            with { ConsistencyLoraFile = consistency.Path }));
+    }
+
+    private static IReadOnlyDictionary<string, Tensor> Run(GoldenCase c, GoldenConsistencyLora consistency, FluxModelSet loaded)
     {
         var p = c.Params;
-        var consistency = GoldenConsistencyLora.From(c) ?? throw new InvalidOperationException($"{c.Name} has no consistency LoRA");
-        using var models = FluxModelSet.Load(new FluxModelSetOptions
-        {
-            ModelFolder = c.ModelPath,
-            ConsistencyLoraFile = consistency.Path,
-            Device = "cpu",
-            DType = "float32",
-        });
+        using var models = loaded;
         using var styles = GoldenStyleLoras.Attach(c, models.Transformer);
 
         int condSize = p.GetProperty("cond_size").GetInt32();
