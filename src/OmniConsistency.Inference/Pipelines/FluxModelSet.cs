@@ -36,7 +36,8 @@ public sealed class FluxModelSet : IDisposable
         // CLIP LoRA keys (lora_te1_*) are applied only when CLIP shares the transformer's dtype and device: one adapter
         // cache holds one dtype/device. Otherwise they are reported as not applied.
         var clipWeight = promptEncoder.Clip.parameters().First();
-        ClipTargets = clipWeight.dtype == transformer.DType && clipWeight.device == transformer.Device ? new LoraTargetModules(promptEncoder.Clip) : null;
+        bool sameDevice = clipWeight.device.type == transformer.Device.type && clipWeight.device.index == transformer.Device.index;
+        ClipTargets = clipWeight.dtype == transformer.DType && sameDevice ? new LoraTargetModules(promptEncoder.Clip) : null;
         LoraTargets = new LoraModelTargets(TransformerTargets.Shapes, ClipTargets?.Shapes);
     }
 

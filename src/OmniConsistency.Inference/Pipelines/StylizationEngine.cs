@@ -42,7 +42,9 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
             {
                 HostBudgetBytes = options.LoraHostBudgetBytes,
                 DeviceBudgetBytes = options.LoraDeviceBudgetBytes,
-                Preload = options.PreloadStyles.Select(name => catalog.Resolve(name).LoraPath).ToList(),
+                Preload = options.PreloadStyles.Select(name => catalog.TryResolve(name, out var style)
+                    ? style.LoraPath
+                    : throw new ArgumentException($"PreloadStyles names '{name}', which is not a style of {catalog.Folder}.")).ToList(),
             }, loggerFactory.CreateLogger<LoraAdapterCache>());
         }
         _pipeline = new StylizationPipeline(models, options, catalog, _cache, loggerFactory.CreateLogger<StylizationPipeline>());

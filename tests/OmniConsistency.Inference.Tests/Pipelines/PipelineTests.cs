@@ -127,6 +127,26 @@ public class PipelineTests
     }
 
     [Fact]
+    public async Task ABf16ModelSetRunsAStylizationWithAStyleEndToEnd()
+    {
+        var data = Directory.CreateTempSubdirectory("bf16-engine-").FullName;
+        try
+        {
+            using var engine = StylizationEngine.Create(new StylizationEngineOptions { DataDirectory = data, Device = "cpu", DType = "bfloat16" });
+            Assert.Equal("bfloat16", engine.Info.DType);
+            var request = BuiltInEngineFixture.SmallRequest() with { Steps = 2, Styles = [new StyleSelection(BuiltIn.BuiltInModel.DemoStyleName)] };
+            var result = await engine.RunAsync(request, null, Ct);
+            Assert.Equal((64, 48), new ImageCodec().Identify(result.Image));
+            Assert.Equal(0, engine.LastGenerationLiveTensorDelta);
+            Assert.Equal(1, engine.LoraCacheMetrics!.DiskLoads);
+        }
+        finally
+        {
+            Directory.Delete(data, true);
+        }
+    }
+
+    [Fact]
     public void OptionsBindFromFlatConfigurationPairs()
     {
         var options = StylizationEngineOptions.FromConfiguration(new Dictionary<string, string?>
