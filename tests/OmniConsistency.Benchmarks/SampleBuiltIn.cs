@@ -34,7 +34,7 @@ public sealed class SampleBuiltIn : IBenchmark
 
         if (photo is not null)
         {
-            RunEngine(paths, data, photo, output, width, height, steps, seed, prompt, Text(args, "--style"));
+            RunEngine(data, photo, output, width, height, steps, seed, prompt, Text(args, "--style"));
             return;
         }
 
@@ -52,7 +52,7 @@ public sealed class SampleBuiltIn : IBenchmark
         Console.WriteLine($"total {sw.ElapsedMilliseconds} ms; wrote {output} ({image.Width}×{image.Height}; random weights, so noise-like)");
     }
 
-    private static void RunEngine(BuiltInModelPaths paths, string data, string photo, string output, int width, int height, int steps, long seed, string prompt, string? style)
+    private static void RunEngine(string data, string photo, string output, int width, int height, int steps, long seed, string prompt, string? style)
     {
         var sw = Stopwatch.StartNew();
         using var engine = StylizationEngine.Create(new StylizationEngineOptions { DataDirectory = data, Device = "cpu" });
@@ -73,7 +73,6 @@ public sealed class SampleBuiltIn : IBenchmark
         File.WriteAllBytes(output, result.Image);
         Console.WriteLine($"total {sw.ElapsedMilliseconds} ms (inference {result.InferenceTime.TotalMilliseconds:F0} ms); prompt \"{result.EffectivePrompt}\"; wrote {output} ({result.Width}×{result.Height})");
         foreach (var w in result.Warnings) Console.WriteLine($"warning: {w}");
-        _ = paths;
     }
 
     /// <summary>Prints how long each phase took (denoising: total and per step).</summary>

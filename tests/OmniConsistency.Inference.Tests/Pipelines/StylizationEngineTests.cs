@@ -192,6 +192,17 @@ public class StylizationEngineTests(BuiltInEngineFixture fixture) : IClassFixtur
     }
 
     [Fact]
+    public async Task AnEmptyPromptAndAStyleWithoutWeightWork()
+    {
+        var result = await Engine.RunAsync(BuiltInEngineFixture.SmallRequest() with
+        {
+            Prompt = null, Steps = 1, Styles = [new StyleSelection(BuiltInModel.DemoStyleName, 0)],
+        }, null, Ct);
+        Assert.Equal("", result.EffectivePrompt);
+        Assert.Empty(result.Warnings);
+    }
+
+    [Fact]
     public void DefaultOutputSizeFollowsThePhotoAspectAtAboutOneMegapixel()
     {
         var planner = new StylizationPlanner(Engine.Options, new ImageCodec(), null);
