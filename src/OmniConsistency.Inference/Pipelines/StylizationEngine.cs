@@ -9,7 +9,9 @@ namespace OmniConsistency.Inference.Pipelines;
 /// <summary>
 /// The engine the service calls (<see cref="IStylizationEngine"/>): one loaded model set, its style catalog and LoRA
 /// cache, request validation against the configured limits, and one generation at a time on the device (requests wait
-/// on a <see cref="SemaphoreSlim"/>; each generation runs on a thread-pool thread). Thread-safe.
+/// on a <see cref="SemaphoreSlim"/>). <see cref="RunAsync"/> computes synchronously on the calling thread when the
+/// device is free and its styles are cached (call it from a dedicated thread, as the service's worker does); after
+/// waiting for the device or a LoRA load it continues on the thread-pool thread that resumed it. Thread-safe.
 /// </summary>
 public sealed class StylizationEngine : IStylizationEngine, IDisposable
 {
@@ -133,7 +135,8 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         // Bad requests fail before waiting for the device.
         _pipeline.Plan(request);
-        await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        // Uncontended: take the gate synchronously so the generation stays on the caller's thread.
+        if (!_gate.Wait(0, CancellationToken.None)) await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);

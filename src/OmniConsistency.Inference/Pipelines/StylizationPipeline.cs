@@ -53,8 +53,10 @@ public sealed class StylizationPipeline
     public StylizationPlan Plan(StylizationRequest request) => Planner.Plan(request);
 
     /// <summary>
-    /// Runs a request: leases its style LoRAs (loading them if needed), then runs <see cref="Generate"/> on a thread-pool
-    /// thread, from start to end on that one thread (dispose scopes are per thread).
+    /// Runs a request: leases its style LoRAs (loading them if needed), then runs <see cref="Generate"/> synchronously,
+    /// from start to end on one thread (dispose scopes are per thread): the calling thread when the leases are at hand
+    /// (cache hits), otherwise the thread-pool thread the load completed on. Callers that must not block a pool thread
+    /// for the generation's duration call it from a dedicated thread, as the service's worker does.
     /// </summary>
     public async Task<StylizationResult> RunAsync(StylizationRequest request, IProgress<StylizationProgress>? progress, CancellationToken cancellationToken)
     {
@@ -64,7 +66,7 @@ public sealed class StylizationPipeline
         {
             foreach (var style in plan.Styles) leases.Add(await AcquireAsync(style.Style, cancellationToken).ConfigureAwait(false));
             var adapters = plan.Styles.Select((s, i) => (leases[i].Adapter, s.Weight)).ToList();
-            return await Task.Run(() => Generate(plan, request.Image, adapters, progress, cancellationToken), cancellationToken).ConfigureAwait(false);
+            return Generate(plan, request.Image, adapters, progress, cancellationToken);
         }
         finally
         {

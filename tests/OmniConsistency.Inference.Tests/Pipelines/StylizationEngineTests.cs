@@ -192,6 +192,22 @@ public class StylizationEngineTests(BuiltInEngineFixture fixture) : IClassFixtur
     }
 
     [Fact]
+    public void AnUncontendedRunComputesOnTheCallingThread()
+    {
+        int caller = 0, computing = 0;
+        var thread = new Thread(() =>
+        {
+            caller = Environment.CurrentManagedThreadId;
+            var progress = new InlineProgress(_ => computing = Environment.CurrentManagedThreadId);
+            Engine.RunAsync(BuiltInEngineFixture.SmallRequest() with { Steps = 1 }, progress, Ct).GetAwaiter().GetResult();
+        });
+        thread.Start();
+        thread.Join();
+        Assert.NotEqual(0, caller);
+        Assert.Equal(caller, computing);
+    }
+
+    [Fact]
     public async Task AnEmptyPromptAndAStyleWithoutWeightWork()
     {
         var result = await Engine.RunAsync(BuiltInEngineFixture.SmallRequest() with
