@@ -11,8 +11,11 @@ public sealed record ConditionedSamplingRequest
     public required Tensor PromptEmbeds { get; init; }
     /// <summary>CLIP pooled embedding [B, pooled_projection_dim].</summary>
     public required Tensor PooledPromptEmbeds { get; init; }
-    /// <summary>Unpacked condition latents [1 or B, c, hc, wc] (VAE latents, already shifted and scaled); hc = 2·(cond_size/16).</summary>
-    public required Tensor ConditionLatents { get; init; }
+    /// <summary>
+    /// Unpacked condition latents [1 or B, c, hc, wc] (VAE latents, already shifted and scaled); hc = 2·(cond_size/16).
+    /// Null runs plain FLUX text-to-image: no warm-up and no condition K/V (the sampler with an empty bank).
+    /// </summary>
+    public Tensor? ConditionLatents { get; init; }
     /// <summary>Unpacked initial noise [B, c, h, w] with h = 2·(Height/16), w = 2·(Width/16).</summary>
     public required Tensor Noise { get; init; }
     /// <summary>Output size in pixels (the latent grid floors to multiples of 16).</summary>
@@ -44,12 +47,13 @@ public sealed class FluxConditionedSampler(FluxTransformer2DModel model, FlowMat
     /// <summary>
     /// Runs the loop; returns the final packed latents [B, N, c·4] in the model dtype (in the caller's dispose scope).
     /// <paramref name="onStepCompleted"/> gets the 1-based step number; <paramref name="cancellationToken"/> is checked
-    /// before the warm-up and before every step. <paramref name="capture"/> receives "noise_packed",
-    /// "cond_latents_packed", "latent_image_ids", "timesteps", "sigmas", "transformer_out_warmup",
-    /// "noise_pred_step{i}" and "latents_step{i}".
+    /// before the warm-up and before every step; <paramref name="onWarmupCompleted"/> is called after the warm-up.
+    /// <paramref name="capture"/> receives "noise_packed", "cond_latents_packed", "latent_image_ids", "timesteps",
+    /// "sigmas", "transformer_out_warmup", "noise_pred_step{i}" and "latents_step{i}" (no condition entries without a
+    /// condition).
     /// </summary>
     public Tensor Sample(ConditionedSamplingRequest request, Action<int>? onStepCompleted = null,
-        CancellationToken cancellationToken = default, Action<string, Tensor>? capture = null)
+        CancellationToken cancellationToken = default, Action<string, Tensor>? capture = null, Action? onWarmupCompleted = null)
     {
         var config = Model.Config;
         var dtype = Model.DType;
@@ -63,30 +67,53 @@ public sealed class FluxConditionedSampler(FluxTransformer2DModel model, FlowMat
         using var _ = no_grad();
         cancellationToken.ThrowIfCancellationRequested();
         var latents = FluxLatents.Pack(request.Noise.to(dtype, device));
-        var condition = FluxLatents.Pack(request.ConditionLatents.to(dtype, device));
-        if (condition.shape[0] != batch) condition = condition.expand(batch, -1, -1);
-        long hc = request.ConditionLatents.shape[2], wc = request.ConditionLatents.shape[3];
         var noiseIds = FluxLatents.ImageIds(h, w, dtype, device);
-        var conditionIds = ConditionPositionIds.Create(hc, wc, h, w, dtype, device);
         var schedule = scheduler.CreateSchedule(request.Steps, latents.shape[1]);
         var prompt = request.PromptEmbeds.to(dtype, device);
         var pooled = request.PooledPromptEmbeds.to(dtype, device);
         var textIds = zeros([prompt.shape[1], config.AxesDimsRope.Count], dtype, device);
         var guidance = config.GuidanceEmbeds ? full([batch], (float)request.GuidanceScale, ScalarType.Float32, device) : null;
         capture?.Invoke("noise_packed", latents);
-        capture?.Invoke("cond_latents_packed", condition);
-        capture?.Invoke("latent_image_ids", cat([noiseIds, conditionIds], 0));
         capture?.Invoke("timesteps", tensor(schedule.Timesteps));
         capture?.Invoke("sigmas", tensor(schedule.Sigmas));
 
-        var warmupInputs = request.TextFreeWarmup
-            ? new ConditionWarmupInputs(condition, conditionIds, prompt.narrow(1, 0, 0), pooled, guidance, textIds.narrow(0, 0, 0))
-            : new ConditionWarmupInputs(condition, conditionIds, prompt, pooled, guidance, textIds);
-        var warmup = ConditionBranch.Warmup(Model, consistencyLora, warmupInputs, request.ConsistencyWeight);
-        using var bank = warmup.Bank;
-        capture?.Invoke("transformer_out_warmup", warmup.Output);
-        warmup.Output.Dispose();
+        ConditionKvBank? bank = null;
+        try
+        {
+            if (request.ConditionLatents is { } conditionLatents)
+            {
+                var condition = FluxLatents.Pack(conditionLatents.to(dtype, device));
+                if (condition.shape[0] != batch) condition = condition.expand(batch, -1, -1);
+                var conditionIds = ConditionPositionIds.Create(conditionLatents.shape[2], conditionLatents.shape[3], h, w, dtype, device);
+                capture?.Invoke("cond_latents_packed", condition);
+                capture?.Invoke("latent_image_ids", cat([noiseIds, conditionIds], 0));
+                var warmupInputs = request.TextFreeWarmup
+                    ? new ConditionWarmupInputs(condition, conditionIds, prompt.narrow(1, 0, 0), pooled, guidance, textIds.narrow(0, 0, 0))
+                    : new ConditionWarmupInputs(condition, conditionIds, prompt, pooled, guidance, textIds);
+                var warmup = ConditionBranch.Warmup(Model, consistencyLora, warmupInputs, request.ConsistencyWeight);
+                bank = warmup.Bank;
+                capture?.Invoke("transformer_out_warmup", warmup.Output);
+                warmup.Output.Dispose();
+                onWarmupCompleted?.Invoke();
+            }
+            else
+            {
+                capture?.Invoke("latent_image_ids", noiseIds);
+            }
+            return Denoise(schedule, latents, prompt, pooled, guidance, noiseIds, textIds, bank, onStepCompleted, cancellationToken, capture)
+                .MoveToOuterDisposeScope();
+        }
+        finally
+        {
+            bank?.Dispose();
+        }
+    }
 
+    private Tensor Denoise(FlowMatchSchedule schedule, Tensor latents, Tensor prompt, Tensor pooled, Tensor? guidance, Tensor noiseIds, Tensor textIds,
+        ConditionKvBank? bank, Action<int>? onStepCompleted, CancellationToken cancellationToken, Action<string, Tensor>? capture)
+    {
+        long batch = latents.shape[0];
+        var device = latents.device;
         var context = new FluxForwardContext { Attention = bank };
         for (int i = 0; i < schedule.Steps; i++)
         {
@@ -103,7 +130,7 @@ public sealed class FluxConditionedSampler(FluxTransformer2DModel model, FlowMat
             previous.Dispose();
             onStepCompleted?.Invoke(i + 1);
         }
-        return latents.MoveToOuterDisposeScope();
+        return latents;
     }
 
     private static void Validate(ConditionedSamplingRequest r, long channels, long h, long w)
@@ -115,9 +142,9 @@ public sealed class FluxConditionedSampler(FluxTransformer2DModel model, FlowMat
             throw new ArgumentException($"Noise must be [B, {channels}, {h}, {w}] for {r.Width}×{r.Height}, got {S(r.Noise)}.");
         long batch = r.Noise.shape[0];
         var c = r.ConditionLatents;
-        if (c.ndim != 4 || c.shape[1] != channels || c.shape[2] < 2 || c.shape[3] < 2 || c.shape[2] % 2 != 0 || c.shape[3] % 2 != 0
-            || (c.shape[0] != 1 && c.shape[0] != batch))
-            throw new ArgumentException($"Condition latents must be [1 or {batch}, {channels}, hc, wc] with even hc, wc, got {S(c)}.");
+        if (c is not null && (c.ndim != 4 || c.shape[1] != channels || c.shape[2] < 2 || c.shape[3] < 2 || c.shape[2] % 2 != 0 || c.shape[3] % 2 != 0
+            || (c.shape[0] != 1 && c.shape[0] != batch)))
+            throw new ArgumentException($"Condition latents must be [1 or {batch}, {channels}, hc, wc] with even hc, wc, got {S(c!)}.");
         if (r.PromptEmbeds.ndim != 3 || r.PromptEmbeds.shape[0] != batch)
             throw new ArgumentException($"Prompt embeddings must be [{batch}, T, D], got {S(r.PromptEmbeds)}.");
         if (r.PooledPromptEmbeds.ndim != 2 || r.PooledPromptEmbeds.shape[0] != batch)

@@ -145,7 +145,7 @@ public class ConditionBranchTests
     private static IEnumerator<Tensor> Steps(FluxTransformer2DModel model, ConsistencyLora lora, ConditionedSamplingRequest r)
     {
         var latents = FluxLatents.Pack(r.Noise);
-        var condition = FluxLatents.Pack(r.ConditionLatents);
+        var condition = FluxLatents.Pack(r.ConditionLatents!);
         var noiseIds = FluxLatents.ImageIds(8, 12, ScalarType.Float32);
         var condIds = ConditionPositionIds.Create(8, 8, 8, 12, ScalarType.Float32);
         var schedule = Scheduler.CreateSchedule(r.Steps, latents.shape[1]);

@@ -1,5 +1,6 @@
 using OmniConsistency.Inference.Consistency;
 using OmniConsistency.Inference.Flux;
+using OmniConsistency.Inference.Lora;
 using OmniConsistency.Inference.Tests.Flux;
 using OmniConsistency.Inference.Tests.Golden;
 using static TorchSharp.torch;
@@ -10,11 +11,15 @@ namespace OmniConsistency.Inference.Tests.Consistency;
 [GoldenKind("omni_transformer")]
 public sealed class OmniTransformerKind : IGoldenKindRunner
 {
-    public IReadOnlyDictionary<string, Tensor> Run(GoldenCase c)
+    public IReadOnlyDictionary<string, Tensor> Run(GoldenCase c) => Run(c, LoraApplication.RunTime);
+
+    /// <param name="styleMode">How the case's style LoRAs (if any) are applied: run-time adapters or merged weights.</param>
+    public static IReadOnlyDictionary<string, Tensor> Run(GoldenCase c, LoraApplication styleMode)
     {
         var loraEntry = GoldenConsistencyLora.From(c);
         using var model = GoldenFluxModels.LoadTransformer(c);
         using var lora = loraEntry?.Load(model);
+        using var styles = GoldenStyleLoras.Attach(c, model, styleMode);
         var condLatents = c.Input("cond_latents");
         long conditionTokens = condLatents.shape[1];
         if (loraEntry?.CondSize is int cs && (cs / 16) * (cs / 16) != conditionTokens)

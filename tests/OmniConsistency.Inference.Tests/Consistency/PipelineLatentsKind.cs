@@ -1,5 +1,6 @@
 using OmniConsistency.Inference.Consistency;
 using OmniConsistency.Inference.Flux;
+using OmniConsistency.Inference.Lora;
 using OmniConsistency.Inference.Sampling;
 using OmniConsistency.Inference.Tests.Flux;
 using OmniConsistency.Inference.Tests.Golden;
@@ -11,11 +12,15 @@ namespace OmniConsistency.Inference.Tests.Consistency;
 [GoldenKind("pipeline_latents")]
 public sealed class PipelineLatentsKind : IGoldenKindRunner
 {
-    public IReadOnlyDictionary<string, Tensor> Run(GoldenCase c)
+    public IReadOnlyDictionary<string, Tensor> Run(GoldenCase c) => Run(c, LoraApplication.RunTime);
+
+    /// <param name="styleMode">How the case's style LoRAs (if any) are applied: run-time adapters or merged weights.</param>
+    public static IReadOnlyDictionary<string, Tensor> Run(GoldenCase c, LoraApplication styleMode)
     {
         var loraEntry = GoldenConsistencyLora.From(c);
         using var model = GoldenFluxModels.LoadTransformer(c);
         using var lora = loraEntry?.Load(model);
+        using var styles = GoldenStyleLoras.Attach(c, model, styleMode);
         var schedulerConfig = FlowMatchSchedulerConfig.FromJsonFile(Path.Combine(c.ModelPath, "scheduler", "scheduler_config.json"));
         var sampler = new FluxConditionedSampler(model, new FlowMatchEulerScheduler(schedulerConfig), lora);
         var p = c.Params;
