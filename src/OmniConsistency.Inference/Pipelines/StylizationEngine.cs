@@ -1,3 +1,4 @@
+using System.Diagnostics.Metrics;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using OmniConsistency.Inference.BuiltIn;
@@ -20,6 +21,12 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
     private readonly LoraAdapterCache? _cache;
     private readonly bool _ownsModels;
     private readonly ILogger _logger;
+    // LoRA cache counters for the service's /metrics (it listens to meters named "OmniConsistency.*"); published as
+    // deltas of the cache's own snapshot after each generation and preload.
+    private readonly Meter _meter = new("OmniConsistency.Inference");
+    private readonly Counter<long> _loraHits, _loraMisses, _loraEvictions, _loraDiskLoads;
+    private LoraCacheMetrics? _publishedMetrics;
+    private readonly object _metricsGate = new();
     private int _disposed;
 
     /// <summary>
@@ -34,6 +41,10 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
         options.Validate();
         loggerFactory ??= NullLoggerFactory.Instance;
         _logger = loggerFactory.CreateLogger<StylizationEngine>();
+        _loraHits = _meter.CreateCounter<long>("lora_cache_hits");
+        _loraMisses = _meter.CreateCounter<long>("lora_cache_misses");
+        _loraEvictions = _meter.CreateCounter<long>("lora_cache_evictions");
+        _loraDiskLoads = _meter.CreateCounter<long>("lora_cache_disk_loads");
         _ownsModels = ownsModels;
         Options = options;
         StyleCatalog? catalog = null;
@@ -118,8 +129,28 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
     public long LastGenerationLiveTensorDelta => _pipeline.LastGenerationLiveTensorDelta;
 
     /// <summary>Loads the configured <see cref="StylizationEngineOptions.PreloadStyles"/> into the LoRA cache; returns the failures.</summary>
-    public Task<IReadOnlyList<Exception>> PreloadStylesAsync(CancellationToken cancellationToken = default) =>
-        _cache is null ? Task.FromResult<IReadOnlyList<Exception>>([]) : _cache.PreloadAsync(cancellationToken: cancellationToken);
+    public async Task<IReadOnlyList<Exception>> PreloadStylesAsync(CancellationToken cancellationToken = default)
+    {
+        if (_cache is null) return [];
+        var failures = await _cache.PreloadAsync(cancellationToken: cancellationToken).ConfigureAwait(false);
+        PublishCacheCounters();
+        return failures;
+    }
+
+    private void PublishCacheCounters()
+    {
+        if (_cache is null) return;
+        lock (_metricsGate)
+        {
+            var now = _cache.Metrics;
+            var before = _publishedMetrics;
+            _loraHits.Add(now.Hits - (before?.Hits ?? 0));
+            _loraMisses.Add(now.Misses - (before?.Misses ?? 0));
+            _loraEvictions.Add(now.Evictions - (before?.Evictions ?? 0));
+            _loraDiskLoads.Add(now.DiskLoads - (before?.DiskLoads ?? 0));
+            _publishedMetrics = now;
+        }
+    }
 
     /// <summary>Rescans the style folder (new or removed LoRA files).</summary>
     public void RefreshStyles() => _pipeline.Catalog?.Refresh();
@@ -148,6 +179,7 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
         finally
         {
             _gate.Release();
+            PublishCacheCounters();
         }
     }
 
@@ -170,6 +202,7 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
         try
         {
             _cache?.Dispose();
+            _meter.Dispose();
             if (_ownsModels) _pipeline.Models.Dispose();
         }
         finally
