@@ -185,32 +185,25 @@ public static class SubmissionReader
         return string.IsNullOrEmpty(v) ? null : v;
     }
 
-    private static int? Int(IFormCollection form, string name, RawSubmission raw)
+    private delegate bool FieldParser<T>(string text, out T value);
+
+    private static T? Parsed<T>(IFormCollection form, string name, RawSubmission raw, FieldParser<T> parse, string what) where T : struct
     {
         var s = Single(form, name, raw);
         if (s is null) return null;
-        if (int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v)) return v;
-        raw.AddError(name, $"'{s}' is not an integer.");
+        if (parse(s, out var v)) return v;
+        raw.AddError(name, $"'{s}' is not {what}.");
         return null;
     }
 
-    private static long? Long(IFormCollection form, string name, RawSubmission raw)
-    {
-        var s = Single(form, name, raw);
-        if (s is null) return null;
-        if (long.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v)) return v;
-        raw.AddError(name, $"'{s}' is not an integer.");
-        return null;
-    }
+    private static int? Int(IFormCollection form, string name, RawSubmission raw) =>
+        Parsed(form, name, raw, (string s, out int v) => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out v), "an integer");
 
-    private static double? Double(IFormCollection form, string name, RawSubmission raw)
-    {
-        var s = Single(form, name, raw);
-        if (s is null) return null;
-        if (double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var v)) return v;
-        raw.AddError(name, $"'{s}' is not a number.");
-        return null;
-    }
+    private static long? Long(IFormCollection form, string name, RawSubmission raw) =>
+        Parsed(form, name, raw, (string s, out long v) => long.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out v), "an integer");
+
+    private static double? Double(IFormCollection form, string name, RawSubmission raw) =>
+        Parsed(form, name, raw, (string s, out double v) => double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out v), "a number");
 
     private static async Task<RawSubmission> ReadJsonAsync(HttpRequest request, LimitsOptions limits, CancellationToken ct)
     {
