@@ -54,6 +54,15 @@ public sealed class PostgresTestSchema : IAsyncDisposable
         return (T)(await cmd.ExecuteScalarAsync())!;
     }
 
+    /// <summary>The first column of the first row, or null when there is no row.</summary>
+    public async Task<T?> ScalarOrNullAsync<T>(string sql) where T : class
+    {
+        await using var conn = new NpgsqlConnection(ConnectionString);
+        await conn.OpenAsync();
+        await using var cmd = new NpgsqlCommand(sql, conn);
+        return await cmd.ExecuteScalarAsync() as T;
+    }
+
     public async Task ExecAsync(string sql)
     {
         await using var conn = new NpgsqlConnection(ConnectionString);
