@@ -6,39 +6,46 @@ public sealed partial class PostgresJobStore
 {
     public Task<EnqueueResult> EnqueueAsync(NewJob job, int capacity, CancellationToken ct) => WriteAsync(async tx =>
     {
-        // Enqueues are serialised (per schema) so the capacity count and the idempotency check hold until the insert commits.
-        await ExecAsync(tx, "SELECT pg_advisory_xact_lock(hashtext('omni.enqueue.' || current_schema()))");
-        if (job.IdempotencyKey is not null)
+        // Enqueues are serialised (per schema) so the capacity count and the idempotency check hold until the insert
+        // commits. Lock, key lookup and count go in one round trip.
+        string? existingId = null, existingHash = null;
+        int queued;
+        await using (var batch = new NpgsqlBatch(tx.Connection, tx.Transaction))
         {
-            string? existingId = null, existingHash = null;
-            await using (var find = Cmd(tx, "SELECT id, request_hash FROM jobs WHERE owner = @o AND idempotency_key = @k",
-                             Text("o", job.Owner), Text("k", job.IdempotencyKey)))
-            await using (var r = await find.ExecuteReaderAsync(ct))
-                if (await r.ReadAsync(ct)) (existingId, existingHash) = (r.GetString(0), StrOrNull(r, 1));
-            if (existingId is not null)
-            {
-                var existing = await LoadJobAsync(tx, existingId);
-                var sameRequest = existingHash is not null && existingHash == job.RequestHash;
-                return new EnqueueResult(sameRequest ? EnqueueOutcome.Replayed : EnqueueOutcome.IdempotencyConflict, existing, 0);
-            }
+            batch.BatchCommands.Add(new NpgsqlBatchCommand("SELECT pg_advisory_xact_lock(hashtext('omni.enqueue.' || current_schema()))"));
+            var find = new NpgsqlBatchCommand("SELECT id, request_hash FROM jobs WHERE owner = @o AND idempotency_key = @k");
+            find.Parameters.Add(Text("o", job.Owner));
+            find.Parameters.Add(Text("k", job.IdempotencyKey));
+            batch.BatchCommands.Add(find);
+            batch.BatchCommands.Add(new NpgsqlBatchCommand("SELECT COUNT(*) FROM jobs WHERE status = 'queued'"));
+            await using var r = await batch.ExecuteReaderAsync(ct);
+            await r.NextResultAsync(ct);
+            if (await r.ReadAsync(ct)) (existingId, existingHash) = (r.GetString(0), StrOrNull(r, 1));
+            await r.NextResultAsync(ct);
+            await r.ReadAsync(ct);
+            queued = (int)r.GetInt64(0);
         }
-
-        var queued = Convert.ToInt32(await ScalarAsync(tx.Connection, tx.Transaction, "SELECT COUNT(*) FROM jobs WHERE status = 'queued'"));
+        if (existingId is not null)
+        {
+            var existing = await FindJobAsync(tx.Connection, tx.Transaction, existingId) ?? throw new InvalidOperationException($"Job {existingId} vanished inside a transaction.");
+            var sameRequest = existingHash is not null && existingHash == job.RequestHash;
+            return new EnqueueResult(sameRequest ? EnqueueOutcome.Replayed : EnqueueOutcome.IdempotencyConflict, existing, 0);
+        }
         if (queued >= capacity) return new EnqueueResult(EnqueueOutcome.QueueFull, null, queued);
 
-        await ExecAsync(tx,
+        var inserted = await JobAsync(tx,
             "INSERT INTO jobs (id, owner, status, parameters, input_blob, idempotency_key, request_hash, webhook_url, webhook_events, base_url, created_at) " +
-            "VALUES (@id, @owner, 'queued', @p, @in, @ik, @rh, @wu, @we, @base, @created)",
+            $"VALUES (@id, @owner, 'queued', @p, @in, @ik, @rh, @wu, @we, @base, @created) RETURNING {JobColumns()}",
             Text("id", job.Id), Text("owner", job.Owner), Json("p", StoreJson.Write(job.Parameters)), Text("in", job.InputBlob),
             Text("ik", job.IdempotencyKey), Text("rh", job.RequestHash), Text("wu", job.WebhookUrl), TextArray("we", job.WebhookEvents),
             Text("base", job.BaseUrl), Time("created", job.CreatedAt));
-        var created = await LoadJobAsync(tx, job.Id) with { QueuePosition = queued + 1 };
-        await ApplyEffectsAsync(tx, created, JobTransition.Queued, job.CreatedAt);
+        var created = inserted! with { QueuePosition = queued + 1 };
+        ApplyEffects(tx, created, JobTransition.Queued, job.CreatedAt);
         tx.Notify(PostgresNotifications.WorkAvailable);
         return new EnqueueResult(EnqueueOutcome.Created, created, queued + 1);
     }, ct);
 
-    public Task<JobRecord?> GetAsync(string id, CancellationToken ct) => ReadAsync(async conn =>
+    public Task<JobRecord?> GetAsync(string id, CancellationToken ct) => OnConnectionAsync(async conn =>
     {
         var job = await FindJobAsync(conn, null, id);
         if (job is not { Status: JobStatus.Queued }) return job;
@@ -49,24 +56,21 @@ public sealed partial class PostgresJobStore
     public Task<JobRecord?> ClaimNextAsync(string workerId, TimeSpan lease, DateTimeOffset now, CancellationToken ct) => WriteAsync(async tx =>
     {
         // SKIP LOCKED: a row another worker is claiming right now is passed over instead of waited for.
-        string? id;
-        await using (var claim = Cmd(tx,
-                         "WITH next AS (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) " +
-                         "UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, lease_owner = @w, lease_expires_at = @exp, started_at = @now, " +
-                         "queue_wait_ms = GREATEST(0, (EXTRACT(EPOCH FROM (@now - j.created_at)) * 1000)::bigint), " +
-                         "progress_phase = NULL, progress_step = NULL, progress_total = NULL " +
-                         "FROM next WHERE j.seq = next.seq RETURNING j.id",
-                         Text("w", workerId), Time("exp", now + lease), Time("now", now)))
-            id = (string?)await claim.ExecuteScalarAsync(ct);
-        if (id is null) return null;
-        var job = await LoadJobAsync(tx, id);
-        await ApplyEffectsAsync(tx, job, JobTransition.Started, now);
-        return (JobRecord?)job;
+        var job = await JobAsync(tx,
+            "WITH next AS (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) " +
+            "UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, lease_owner = @w, lease_expires_at = @exp, started_at = @now, " +
+            "queue_wait_ms = GREATEST(0, (EXTRACT(EPOCH FROM (@now - j.created_at)) * 1000)::bigint), " +
+            "progress_phase = NULL, progress_step = NULL, progress_total = NULL " +
+            $"FROM next WHERE j.seq = next.seq RETURNING {JobColumns("j")}",
+            Text("w", workerId), Time("exp", now + lease), Time("now", now));
+        if (job is not null) ApplyEffects(tx, job, JobTransition.Started, now);
+        return job;
     }, ct);
 
-    public Task<LeaseState> RenewLeaseAsync(string id, string workerId, TimeSpan lease, DateTimeOffset now, CancellationToken ct) => WriteAsync(async tx =>
+    public Task<LeaseState> RenewLeaseAsync(string id, string workerId, TimeSpan lease, DateTimeOffset now, CancellationToken ct) => OnConnectionAsync(async conn =>
     {
-        var cancel = await ScalarAsync(tx.Connection, tx.Transaction,
+        // One statement: it commits on its own.
+        var cancel = await ScalarAsync(conn, null,
             "UPDATE jobs SET lease_expires_at = @exp WHERE id = @id AND status = 'running' AND lease_owner = @w RETURNING cancel_requested",
             Time("exp", now + lease), Text("id", id), Text("w", workerId));
         return cancel is bool requested ? new LeaseState(true, requested) : new LeaseState(false, false);
@@ -78,7 +82,7 @@ public sealed partial class PostgresJobStore
             "UPDATE jobs SET progress_phase = @ph, progress_step = @st, progress_total = @tot WHERE id = @id AND status = 'running' AND lease_owner = @w",
             Text("ph", progress.Phase), Int("st", progress.Step), Int("tot", progress.TotalSteps), Text("id", id), Text("w", workerId));
         if (n == 0) return false;
-        await AppendEventAsync(tx, id, "progress", StoreJson.Write(new { phase = progress.Phase, step = progress.Step, totalSteps = progress.TotalSteps }), now);
+        AppendEvent(tx, id, "progress", StoreJson.Write(new { phase = progress.Phase, step = progress.Step, totalSteps = progress.TotalSteps }), now);
         tx.Notify(PostgresNotifications.JobChanged(id));
         return true;
     }, ct);
@@ -86,17 +90,15 @@ public sealed partial class PostgresJobStore
     public Task<JobRecord?> CompleteAsync(string id, string workerId, JobCompletion completion, DateTimeOffset now, CancellationToken ct) => WriteAsync(async tx =>
     {
         if (!completion.Status.IsTerminal()) throw new ArgumentException("A completion must be terminal.", nameof(completion));
-        var n = await ExecAsync(tx,
+        var job = await JobAsync(tx,
             "UPDATE jobs SET status = @s, finished_at = @now, lease_owner = NULL, lease_expires_at = NULL, result = @r, error = @e, " +
-            "inference_ms = @ms, result_expires_at = @exp WHERE id = @id AND status = 'running' AND lease_owner = @w",
+            $"inference_ms = @ms, result_expires_at = @exp WHERE id = @id AND status = 'running' AND lease_owner = @w RETURNING {JobColumns()}",
             Text("s", completion.Status.ToWire()), Time("now", now),
             Json("r", completion.Result is null ? null : StoreJson.Write(completion.Result)),
             Json("e", completion.Error is null ? null : StoreJson.Write(completion.Error)),
             Long("ms", completion.InferenceMs), Time("exp", now + _storage.ResultRetention), Text("id", id), Text("w", workerId));
-        if (n == 0) return null;
-        var job = await LoadJobAsync(tx, id);
-        await ApplyEffectsAsync(tx, job, TransitionOf(completion.Status), now);
-        return (JobRecord?)job;
+        if (job is not null) ApplyEffects(tx, job, TransitionOf(completion.Status), now);
+        return job;
     }, ct);
 
     private static JobTransition TransitionOf(JobStatus s) => s switch
@@ -109,12 +111,13 @@ public sealed partial class PostgresJobStore
 
     public Task<bool> ReleaseAsync(string id, string workerId, DateTimeOffset now, CancellationToken ct) => WriteAsync(async tx =>
     {
-        var n = await ExecAsync(tx,
+        var job = await JobAsync(tx,
             "UPDATE jobs SET status = 'queued', attempts = GREATEST(attempts - 1, 0), lease_owner = NULL, lease_expires_at = NULL, " +
-            "progress_phase = NULL, progress_step = NULL, progress_total = NULL WHERE id = @id AND status = 'running' AND lease_owner = @w",
+            "progress_phase = NULL, progress_step = NULL, progress_total = NULL WHERE id = @id AND status = 'running' AND lease_owner = @w " +
+            $"RETURNING {JobColumns()}",
             Text("id", id), Text("w", workerId));
-        if (n == 0) return false;
-        await ApplyEffectsAsync(tx, await LoadJobAsync(tx, id), JobTransition.Requeued, now);
+        if (job is null) return false;
+        ApplyEffects(tx, job, JobTransition.Requeued, now);
         tx.Notify(PostgresNotifications.WorkAvailable);
         return true;
     }, ct);
@@ -127,18 +130,17 @@ public sealed partial class PostgresJobStore
         switch (job.Status)
         {
             case JobStatus.Queued:
-                await ExecAsync(tx,
-                    "UPDATE jobs SET status = 'canceled', finished_at = @now, cancel_requested = true, result_expires_at = @exp WHERE id = @id",
-                    Time("now", now), Time("exp", now + _storage.ResultRetention), Text("id", id));
-                var canceled = await LoadJobAsync(tx, id);
-                await ApplyEffectsAsync(tx, canceled, JobTransition.Canceled, now);
+                var canceled = (await JobAsync(tx,
+                    $"UPDATE jobs SET status = 'canceled', finished_at = @now, cancel_requested = true, result_expires_at = @exp WHERE id = @id RETURNING {JobColumns()}",
+                    Time("now", now), Time("exp", now + _storage.ResultRetention), Text("id", id)))!;
+                ApplyEffects(tx, canceled, JobTransition.Canceled, now);
                 return new CancelResult(CancelOutcome.Canceled, canceled);
             case JobStatus.Running:
-                await ExecAsync(tx, "UPDATE jobs SET cancel_requested = true WHERE id = @id", Text("id", id));
+                var marked = (await JobAsync(tx, $"UPDATE jobs SET cancel_requested = true WHERE id = @id RETURNING {JobColumns()}", Text("id", id)))!;
                 // The worker holding the job may be another process: tell it now rather than at its next heartbeat.
                 tx.Notify(PostgresNotifications.CancelRequested(id));
                 tx.Notify(PostgresNotifications.JobChanged(id));
-                return new CancelResult(CancelOutcome.CancelRequested, await LoadJobAsync(tx, id));
+                return new CancelResult(CancelOutcome.CancelRequested, marked);
             default:
                 return new CancelResult(CancelOutcome.AlreadyFinished, job);
         }
@@ -147,49 +149,52 @@ public sealed partial class PostgresJobStore
     public Task<int> RecoverAsync(DateTimeOffset now, int maxAttempts, bool includeLiveLeases, CancellationToken ct) => WriteAsync(async tx =>
     {
         // Rows locked by a renewing worker or another recoverer are skipped; they are looked at again next round.
-        var stale = new List<string>();
-        await using (var cmd = Cmd(tx,
-                         "SELECT id FROM jobs WHERE status = 'running' AND (@all OR lease_expires_at IS NULL OR lease_expires_at < @now) " +
-                         "ORDER BY seq FOR UPDATE SKIP LOCKED",
-                         Bool("all", includeLiveLeases), Time("now", now)))
-        await using (var r = await cmd.ExecuteReaderAsync(ct))
-            while (await r.ReadAsync(ct)) stale.Add(r.GetString(0));
+        var stale = await JobsAsync(tx.Connection, tx.Transaction,
+            $"SELECT {JobColumns()} FROM jobs WHERE status = 'running' AND (@all OR lease_expires_at IS NULL OR lease_expires_at < @now) " +
+            "ORDER BY seq FOR UPDATE SKIP LOCKED",
+            Bool("all", includeLiveLeases), Time("now", now));
 
         var requeued = false;
-        foreach (var id in stale)
+        foreach (var job in stale)
         {
-            var job = await LoadJobAsync(tx, id);
             JobTransition transition;
+            JobRecord? updated;
             if (job.CancelRequested)
             {
-                await ExecAsync(tx, "UPDATE jobs SET status = 'canceled', finished_at = @now, lease_owner = NULL, lease_expires_at = NULL, result_expires_at = @exp WHERE id = @id",
-                    Time("now", now), Time("exp", now + _storage.ResultRetention), Text("id", id));
+                updated = await JobAsync(tx,
+                    "UPDATE jobs SET status = 'canceled', finished_at = @now, lease_owner = NULL, lease_expires_at = NULL, result_expires_at = @exp " +
+                    $"WHERE id = @id RETURNING {JobColumns()}",
+                    Text("id", job.Id), Time("now", now), Time("exp", now + _storage.ResultRetention));
                 transition = JobTransition.Canceled;
             }
             else if (job.Attempts >= maxAttempts)
             {
                 var error = new JobError("job-interrupted", "The job was interrupted too often",
                     $"The job was started {job.Attempts} times and each attempt was interrupted (service restart or lost worker); it will not be retried.");
-                await ExecAsync(tx, "UPDATE jobs SET status = 'failed', finished_at = @now, lease_owner = NULL, lease_expires_at = NULL, error = @e, result_expires_at = @exp WHERE id = @id",
-                    Time("now", now), Json("e", StoreJson.Write(error)), Time("exp", now + _storage.ResultRetention), Text("id", id));
+                updated = await JobAsync(tx,
+                    "UPDATE jobs SET status = 'failed', finished_at = @now, lease_owner = NULL, lease_expires_at = NULL, error = @e, result_expires_at = @exp " +
+                    $"WHERE id = @id RETURNING {JobColumns()}",
+                    Text("id", job.Id), Time("now", now), Json("e", StoreJson.Write(error)), Time("exp", now + _storage.ResultRetention));
                 transition = JobTransition.Failed;
             }
             else
             {
-                await ExecAsync(tx, "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, progress_phase = NULL, progress_step = NULL, progress_total = NULL WHERE id = @id",
-                    Text("id", id));
+                updated = await JobAsync(tx,
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, progress_phase = NULL, progress_step = NULL, " +
+                    $"progress_total = NULL WHERE id = @id RETURNING {JobColumns()}",
+                    Text("id", job.Id));
                 transition = JobTransition.Requeued;
                 requeued = true;
             }
-            await ApplyEffectsAsync(tx, await LoadJobAsync(tx, id), transition, now);
+            ApplyEffects(tx, updated!, transition, now);
         }
         if (requeued) tx.Notify(PostgresNotifications.WorkAvailable);
         if (includeLiveLeases)
-            await ExecAsync(tx, "UPDATE webhook_deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE status = 'pending' AND lease_owner IS NOT NULL");
+            tx.Defer("UPDATE webhook_deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE status = 'pending' AND lease_owner IS NOT NULL");
         return stale.Count;
     }, ct);
 
-    public Task<IReadOnlyList<JobEvent>> GetEventsAsync(string jobId, long afterSeq, int max, CancellationToken ct) => ReadAsync(async conn =>
+    public Task<IReadOnlyList<JobEvent>> GetEventsAsync(string jobId, long afterSeq, int max, CancellationToken ct) => OnConnectionAsync(async conn =>
     {
         var list = new List<JobEvent>();
         await using var cmd = Cmd(conn, null, "SELECT seq, job_id, type, data, created_at FROM job_events WHERE job_id = @j AND seq > @s ORDER BY seq LIMIT @m",
@@ -199,7 +204,7 @@ public sealed partial class PostgresJobStore
         return (IReadOnlyList<JobEvent>)list;
     }, ct);
 
-    public Task<JobCounts> GetCountsAsync(CancellationToken ct) => ReadAsync(async conn =>
+    public Task<JobCounts> GetCountsAsync(CancellationToken ct) => OnConnectionAsync(async conn =>
     {
         var counts = new Dictionary<string, int>();
         await using var cmd = Cmd(conn, null, "SELECT status, COUNT(*) FROM jobs GROUP BY status");
@@ -209,7 +214,7 @@ public sealed partial class PostgresJobStore
         return new JobCounts(Get("queued"), Get("running"), Get("succeeded"), Get("failed"), Get("canceled"));
     }, ct);
 
-    public Task<IReadOnlyList<ExpiredFiles>> ListExpiredResultsAsync(DateTimeOffset now, int max, CancellationToken ct) => ReadAsync(async conn =>
+    public Task<IReadOnlyList<ExpiredFiles>> ListExpiredResultsAsync(DateTimeOffset now, int max, CancellationToken ct) => OnConnectionAsync(async conn =>
     {
         var list = new List<ExpiredFiles>();
         await using var cmd = Cmd(conn, null,
@@ -223,8 +228,11 @@ public sealed partial class PostgresJobStore
     private static IReadOnlyList<string> BlobsOf(string inputBlob, string? resultJson) =>
         resultJson is null ? [inputBlob] : [inputBlob, StoreJson.Read<JobResultInfo>(resultJson).Blob];
 
-    public Task MarkResultExpiredAsync(string jobId, CancellationToken ct) => WriteAsync(tx =>
-        ExecAsync(tx, "UPDATE jobs SET result_expired = true WHERE id = @id", Text("id", jobId)), ct);
+    public Task MarkResultExpiredAsync(string jobId, CancellationToken ct) => OnConnectionAsync(async conn =>
+    {
+        await using var cmd = Cmd(conn, null, "UPDATE jobs SET result_expired = true WHERE id = @id", Text("id", jobId));
+        return await cmd.ExecuteNonQueryAsync(ct);
+    }, ct);
 
     public Task<IReadOnlyList<ExpiredFiles>> DeleteFinishedJobsAsync(DateTimeOffset finishedBefore, int max, CancellationToken ct) => WriteAsync(async tx =>
     {

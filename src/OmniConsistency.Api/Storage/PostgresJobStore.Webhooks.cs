@@ -37,7 +37,7 @@ public sealed partial class PostgresJobStore
         _ => throw new ArgumentOutOfRangeException(nameof(s)),
     };
 
-    public Task<IReadOnlyList<WebhookDelivery>> GetDeliveriesAsync(string jobId, CancellationToken ct) => ReadAsync(async conn =>
+    public Task<IReadOnlyList<WebhookDelivery>> GetDeliveriesAsync(string jobId, CancellationToken ct) => OnConnectionAsync(async conn =>
     {
         var list = new List<WebhookDelivery>();
         await using var cmd = Cmd(conn, null, $"SELECT {DeliveryColumns} FROM webhook_deliveries WHERE job_id = @j ORDER BY created_at, id", Text("j", jobId));
@@ -63,15 +63,19 @@ public sealed partial class PostgresJobStore
             return (IReadOnlyList<WebhookDelivery>)list.OrderBy(d => d.NextAttemptAt).ThenBy(d => d.Id, StringComparer.Ordinal).ToList();
         }, ct);
 
-    public Task RecordDeliveryRoundAsync(string deliveryId, DeliveryRound round, CancellationToken ct) => WriteAsync(tx =>
-        ExecAsync(tx,
+    public Task RecordDeliveryRoundAsync(string deliveryId, DeliveryRound round, CancellationToken ct) => OnConnectionAsync(async conn =>
+    {
+        // One statement: it commits on its own.
+        await using var cmd = Cmd(conn, null,
             "UPDATE webhook_deliveries SET status = @s, attempts = attempts + @n, next_attempt_at = COALESCE(@next, next_attempt_at), " +
             "last_status_code = @code, last_error = @err, delivered_at = @del, lease_owner = NULL, lease_expires_at = NULL WHERE id = @id",
             Text("s", Wire(round.Status)), Int("n", round.AttemptsMade), Time("next", round.NextAttemptAt),
             Int("code", round.LastStatusCode), Text("err", round.LastError),
-            Time("del", round.Status == DeliveryStatus.Delivered ? round.At : null), Text("id", deliveryId)), ct);
+            Time("del", round.Status == DeliveryStatus.Delivered ? round.At : null), Text("id", deliveryId));
+        return await cmd.ExecuteNonQueryAsync(ct);
+    }, ct);
 
-    public Task<DateTimeOffset?> NextDeliveryDueAsync(CancellationToken ct) => ReadAsync(async conn =>
+    public Task<DateTimeOffset?> NextDeliveryDueAsync(CancellationToken ct) => OnConnectionAsync(async conn =>
     {
         var v = await ScalarAsync(conn, null,
             "SELECT MIN(GREATEST(next_attempt_at, COALESCE(lease_expires_at, '-infinity'::timestamptz))) FROM webhook_deliveries WHERE status = 'pending'");

@@ -32,13 +32,24 @@ public sealed partial class PostgresJobStore : IJobStore
 
     public async Task InitializeAsync(CancellationToken ct) => await PostgresSchema.MigrateAsync(_dataSource, ct);
 
-    /// <summary>One transaction's connection, plus the notifications to send when it commits.</summary>
+    /// <summary>
+    /// One transaction's connection, plus writes nothing in the transaction reads back (events, outbox rows) and the
+    /// notifications: those go to the server in one batch just before COMMIT, saving a round trip each.
+    /// </summary>
     private sealed class Tx(NpgsqlConnection connection, NpgsqlTransaction transaction)
     {
         public NpgsqlConnection Connection { get; } = connection;
         public NpgsqlTransaction Transaction { get; } = transaction;
         public HashSet<string> Notices { get; } = [];
+        public List<NpgsqlBatchCommand> Deferred { get; } = [];
         public void Notify(string payload) => Notices.Add(payload);
+
+        public void Defer(string sql, params NpgsqlParameter[] args)
+        {
+            var command = new NpgsqlBatchCommand(sql);
+            command.Parameters.AddRange(args);
+            Deferred.Add(command);
+        }
     }
 
     /// <summary>Runs <paramref name="work"/> in one READ COMMITTED transaction; a deadlock or serialization failure is retried.</summary>
@@ -53,10 +64,13 @@ public sealed partial class PostgresJobStore : IJobStore
                 var tx = new Tx(conn, transaction);
                 var result = await work(tx);
                 if (tx.Notices.Count > 0)
-                {
-                    await using var notify = Cmd(tx, "SELECT pg_notify(@c, p) FROM unnest(@ps) AS p",
+                    tx.Defer("SELECT pg_notify(@c, p) FROM unnest(@ps) AS p",
                         Text("c", PostgresNotifications.Channel), new NpgsqlParameter("ps", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = tx.Notices.ToArray() });
-                    await notify.ExecuteNonQueryAsync(ct);
+                if (tx.Deferred.Count > 0)
+                {
+                    await using var batch = new NpgsqlBatch(conn, transaction);
+                    foreach (var command in tx.Deferred) batch.BatchCommands.Add(command);
+                    await batch.ExecuteNonQueryAsync(ct);
                 }
                 await transaction.CommitAsync(ct);
                 return result;
@@ -68,7 +82,8 @@ public sealed partial class PostgresJobStore : IJobStore
         }
     }
 
-    private async Task<T> ReadAsync<T>(Func<NpgsqlConnection, Task<T>> work, CancellationToken ct)
+    /// <summary>No explicit transaction: reads, and single statements that commit on their own.</summary>
+    private async Task<T> OnConnectionAsync<T>(Func<NpgsqlConnection, Task<T>> work, CancellationToken ct)
     {
         await using var conn = await _dataSource.OpenConnectionAsync(ct);
         return await work(conn);
@@ -114,10 +129,28 @@ public sealed partial class PostgresJobStore : IJobStore
     private static string? StrOrNull(NpgsqlDataReader r, int i) => r.IsDBNull(i) ? null : r.GetString(i);
     private static long? LongOrNull(NpgsqlDataReader r, int i) => r.IsDBNull(i) ? null : r.GetInt64(i);
 
-    private const string JobColumns =
-        "id, seq, owner, status, parameters, input_blob, webhook_url, webhook_events, base_url, created_at, started_at, " +
-        "finished_at, attempts, lease_owner, lease_expires_at, cancel_requested, progress_phase, progress_step, progress_total, " +
-        "result, result_expired, error, queue_wait_ms, inference_ms, result_expires_at";
+    private static readonly string[] JobColumnNames =
+    [
+        "id", "seq", "owner", "status", "parameters", "input_blob", "webhook_url", "webhook_events", "base_url", "created_at", "started_at",
+        "finished_at", "attempts", "lease_owner", "lease_expires_at", "cancel_requested", "progress_phase", "progress_step", "progress_total",
+        "result", "result_expired", "error", "queue_wait_ms", "inference_ms", "result_expires_at",
+    ];
+
+    /// <summary>The columns <see cref="ReadJob"/> reads, in its order (qualified with <paramref name="alias"/> where a join makes names ambiguous).</summary>
+    private static string JobColumns(string? alias = null) => string.Join(", ", JobColumnNames.Select(c => alias is null ? c : alias + "." + c));
+
+    /// <summary>Runs a statement that returns job rows (SELECT, or UPDATE/INSERT ... RETURNING) and reads them.</summary>
+    private static async Task<List<JobRecord>> JobsAsync(NpgsqlConnection conn, NpgsqlTransaction? tx, string sql, params NpgsqlParameter[] args)
+    {
+        await using var cmd = Cmd(conn, tx, sql, args);
+        await using var r = await cmd.ExecuteReaderAsync();
+        var list = new List<JobRecord>();
+        while (await r.ReadAsync()) list.Add(ReadJob(r));
+        return list;
+    }
+
+    private static async Task<JobRecord?> JobAsync(Tx tx, string sql, params NpgsqlParameter[] args) =>
+        (await JobsAsync(tx.Connection, tx.Transaction, sql, args)).SingleOrDefault();
 
     private static JobRecord ReadJob(NpgsqlDataReader r) => new()
     {
@@ -148,22 +181,18 @@ public sealed partial class PostgresJobStore : IJobStore
 
     private static async Task<JobRecord?> FindJobAsync(NpgsqlConnection conn, NpgsqlTransaction? tx, string id, bool forUpdate = false)
     {
-        await using var cmd = Cmd(conn, tx, $"SELECT {JobColumns} FROM jobs WHERE id = @id{(forUpdate ? " FOR UPDATE" : "")}", Text("id", id));
-        await using var r = await cmd.ExecuteReaderAsync();
-        return await r.ReadAsync() ? ReadJob(r) : null;
+        var found = await JobsAsync(conn, tx, $"SELECT {JobColumns()} FROM jobs WHERE id = @id{(forUpdate ? " FOR UPDATE" : "")}", Text("id", id));
+        return found.SingleOrDefault();
     }
 
-    private static async Task<JobRecord> LoadJobAsync(Tx tx, string id) =>
-        await FindJobAsync(tx.Connection, tx.Transaction, id) ?? throw new InvalidOperationException($"Job {id} vanished inside a transaction.");
-
     /// <summary>Writes a transition's event and webhook messages in the caller's transaction, and wakes waiters on the job.</summary>
-    private async Task ApplyEffectsAsync(Tx tx, JobRecord job, JobTransition transition, DateTimeOffset now)
+    private void ApplyEffects(Tx tx, JobRecord job, JobTransition transition, DateTimeOffset now)
     {
         var effects = _effects.For(job, transition, now);
-        await AppendEventAsync(tx, job.Id, effects.EventType, effects.EventData, now);
+        AppendEvent(tx, job.Id, effects.EventType, effects.EventData, now);
         foreach (var m in effects.Webhooks)
         {
-            await ExecAsync(tx,
+            tx.Defer(
                 "INSERT INTO webhook_deliveries (id, job_id, event_type, url, payload, status, attempts, created_at, next_attempt_at) " +
                 "VALUES (@id, @job, @ev, @url, @payload, 'pending', 0, @created, @created)",
                 Text("id", m.Id), Text("job", m.JobId), Text("ev", m.EventType), Text("url", m.Url), Text("payload", m.Payload), Time("created", m.CreatedAt));
@@ -171,7 +200,7 @@ public sealed partial class PostgresJobStore : IJobStore
         tx.Notify(PostgresNotifications.JobChanged(job.Id));
     }
 
-    private static Task<int> AppendEventAsync(Tx tx, string jobId, string type, string data, DateTimeOffset now) =>
-        ExecAsync(tx, "INSERT INTO job_events (job_id, type, data, created_at) VALUES (@j, @t, @d, @c)",
+    private static void AppendEvent(Tx tx, string jobId, string type, string data, DateTimeOffset now) =>
+        tx.Defer("INSERT INTO job_events (job_id, type, data, created_at) VALUES (@j, @t, @d, @c)",
             Text("j", jobId), Text("t", type), Text("d", data), Time("c", now));
 }
