@@ -39,13 +39,12 @@ RUN ln -s /usr/share/dotnet/dotnet /usr/bin/dotnet \
 WORKDIR /app
 COPY --from=build /app ./
 # /data: the SQLite database (role all) or the shared result volume (filesystem blobs); /models: weights and style
-# LoRAs, mounted read-only.
+# LoRAs, mounted read-only (point OMNI__Engine__* at them, e.g. OMNI__Engine__LoraFolder=/models/styles).
 ENV ASPNETCORE_HTTP_PORTS=8080 \
     DOTNET_RUNNING_IN_CONTAINER=true \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     OMNI__Storage__DataDirectory=/data \
-    OMNI__Catalog__StylesDirectory=/models/styles \
     OMNI__Logging__Json=true
 EXPOSE 8080
 VOLUME ["/data"]

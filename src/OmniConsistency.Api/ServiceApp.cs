@@ -71,8 +71,9 @@ public static class ServiceApp
             .Validate(o => o.ApiKeys.All(k => k.PermitsPerMinute is null or > 0), "Omni:Auth:ApiKeys PermitsPerMinute must be positive.");
         AddOptions<RateLimitOptions>(services, RateLimitOptions.Section);
         AddOptions<BlobOptions>(services, BlobOptions.Section);
-        AddOptions<CatalogOptions>(services, CatalogOptions.Section)
-            .Validate(o => o.RefreshInterval > TimeSpan.Zero, "Omni:Catalog:RefreshInterval must be positive.");
+        AddOptions<EngineCatalogOptions>(services, EngineCatalogOptions.Section)
+            .Validate(o => double.IsFinite(o.MinGuidance) && double.IsFinite(o.MaxGuidance) && o.MinGuidance <= o.MaxGuidance,
+                "Omni:Engine:MinGuidance..MaxGuidance must be a finite range.");
 
         var limits = config.GetSection(LimitsOptions.Section).Get<LimitsOptions>() ?? new LimitsOptions();
         builder.WebHost.ConfigureKestrel(k =>

@@ -117,7 +117,7 @@ public static partial class DeploymentFiles
 
     /// <summary>
     /// Every configuration key the service reads: the properties (recursively, lists by index) of each options class
-    /// with a Section constant, plus the keys read directly.
+    /// with a Section constant (and of the engine's StylizationEngineOptions where it exists), plus the keys read directly.
     /// </summary>
     public static bool IsKnownKey(string key)
     {
@@ -125,6 +125,11 @@ public static partial class DeploymentFiles
         if (string.Equals(key, RoleOptions.Key, StringComparison.OrdinalIgnoreCase)) return true;
         if (string.Equals(key, "Omni:Logging:Json", StringComparison.OrdinalIgnoreCase)) return true;
         if (string.Equals(key, "ConnectionStrings:" + ScaleOutRegistration.ConnectionStringName, StringComparison.OrdinalIgnoreCase)) return true;
+        // The engine's own options (Omni:Engine), where the build has them.
+        if (Type.GetType("OmniConsistency.Inference.Pipelines.StylizationEngineOptions, OmniConsistency.Inference") is { } engineOptions &&
+            parts.Length > 2 && parts[0].Equals("Omni", StringComparison.OrdinalIgnoreCase) && parts[1].Equals("Engine", StringComparison.OrdinalIgnoreCase) &&
+            IsPropertyPath(engineOptions, parts[2..]))
+            return true;
         foreach (var type in typeof(ServiceRole).Assembly.GetTypes())
         {
             if (type.GetField("Section", BindingFlags.Public | BindingFlags.Static)?.GetRawConstantValue() is not string section) continue;

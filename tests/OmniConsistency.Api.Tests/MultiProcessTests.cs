@@ -30,7 +30,7 @@ public sealed class MultiProcessTests
         [
             "--role", role,
             "--Omni:Storage:Provider=postgres", $"--Omni:Storage:PostgresConnectionString={schema.ConnectionString}",
-            $"--Omni:Storage:DataDirectory={data}", $"--Omni:Catalog:StylesDirectory={styles}",
+            $"--Omni:Storage:DataDirectory={data}", $"--Omni:Engine:LoraFolder={styles}",
             $"--Omni:Webhooks:Secret={ServiceHost.WebhookSecret}", "--Omni:Webhooks:AllowedNetworks:0=127.0.0.1/32",
             "--Omni:Webhooks:RetryBaseDelay=00:00:00.300", "--Omni:Webhooks:PollInterval=00:00:05",
             "--Omni:Queue:PollInterval=00:00:05", $"--Omni:Queue:LeaseDuration={Lease}", "--Omni:Queue:Capacity=100",

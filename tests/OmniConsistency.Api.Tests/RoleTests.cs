@@ -50,8 +50,8 @@ public sealed class RoleTests
         s["Omni:Role"] = role;
         s["Omni:Storage:Provider"] = "postgres";
         s["Omni:Storage:PostgresConnectionString"] = connectionString;
-        s["Omni:Catalog:StylesDirectory"] = stylesDirectory;
-        s["Omni:Catalog:MaxSide"] = "512";
+        s["Omni:Engine:LoraFolder"] = stylesDirectory;
+        s["Omni:Engine:MaxSide"] = "512";
         // Heartbeats every 20 s: a cancel that lands sooner came through the notification.
         s["Omni:Queue:LeaseDuration"] = "00:01:00";
     };

@@ -63,15 +63,18 @@ public sealed class EngineCatalogSource(EngineHost host) : ISubmissionCatalogSou
 }
 
 /// <summary>
-/// The api role's catalog, without the model: styles are the LoRA files of <see cref="CatalogOptions.StylesDirectory"/>
-/// (read with the engine's own <see cref="StyleCatalog"/>, so names, sidecars and path rules are the same as in the
-/// workers) and sizes are checked against the configured limits. The photo itself is checked by the submission
-/// validator (header identify + full decode) in every role. What only the model can tell (a LoRA file that does not
-/// fit the model) fails the job in the worker with the engine's error type instead of failing the submission.
+/// The api role's catalog, without the model: styles are the LoRA files of the engine's folder
+/// (<see cref="EngineCatalogOptions.LoraFolder"/>, read with the engine's own <see cref="StyleCatalog"/>, so names,
+/// sidecars and path rules are the same as in the workers) and sizes, steps and guidance are checked against the
+/// engine's limits (the same Omni:Engine keys). The photo itself is checked by the submission validator (header
+/// identify + full decode) in every role. What only the loaded model can tell (a LoRA file that does not fit the
+/// model) fails the job in the worker with the engine's error type instead of failing the submission. The folder is
+/// listed again every <see cref="RefreshInterval"/>, so styles added to the volume appear without a restart.
 /// </summary>
 public sealed class FolderCatalogSource : ISubmissionCatalogSource
 {
-    private readonly CatalogOptions _options;
+    public static readonly TimeSpan RefreshInterval = TimeSpan.FromSeconds(30);
+    private readonly EngineCatalogOptions _options;
     private readonly TimeProvider _time;
     private readonly ILogger<FolderCatalogSource> _logger;
     private readonly Lock _gate = new();
@@ -80,13 +83,13 @@ public sealed class FolderCatalogSource : ISubmissionCatalogSource
 
     private sealed record Snapshot(FolderCatalog? Catalog, string? Error, DateTimeOffset At);
 
-    public FolderCatalogSource(IOptions<CatalogOptions> options, TimeProvider time, ILogger<FolderCatalogSource> logger)
+    public FolderCatalogSource(IOptions<EngineCatalogOptions> options, TimeProvider time, ILogger<FolderCatalogSource> logger)
     {
         _options = options.Value;
         _time = time;
         _logger = logger;
-        if (string.IsNullOrWhiteSpace(_options.StylesDirectory))
-            logger.LogWarning("api role without Omni:Catalog:StylesDirectory: no styles are offered, only base-model jobs are accepted");
+        if (string.IsNullOrWhiteSpace(_options.LoraFolder))
+            logger.LogWarning("api role without Omni:Engine:LoraFolder: no styles are offered, only base-model jobs are accepted");
     }
 
     public ISubmissionCatalog? Current => Load().Catalog;
@@ -105,28 +108,28 @@ public sealed class FolderCatalogSource : ISubmissionCatalogSource
     {
         var now = _time.GetUtcNow();
         var s = _snapshot;
-        if (s is not null && now - s.At < _options.RefreshInterval) return s;
+        if (s is not null && now - s.At < RefreshInterval) return s;
         lock (_gate)
         {
             s = _snapshot;
-            if (s is not null && now - s.At < _options.RefreshInterval) return s;
+            if (s is not null && now - s.At < RefreshInterval) return s;
             try
             {
-                if (_folder is null && !string.IsNullOrWhiteSpace(_options.StylesDirectory))
-                    _folder = new StyleCatalog(new StyleCatalogOptions { Folder = _options.StylesDirectory }, _logger);
+                if (_folder is null && !string.IsNullOrWhiteSpace(_options.LoraFolder))
+                    _folder = new StyleCatalog(new StyleCatalogOptions { Folder = _options.LoraFolder }, _logger);
                 else _folder?.Refresh();
                 _snapshot = new Snapshot(new FolderCatalog(_options, _folder) { Styles = _folder?.Styles ?? [] }, null, now);
             }
             catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
             {
-                _logger.LogError("Style folder {Folder} is not readable: {Error}", _options.StylesDirectory, ex.Message);
-                _snapshot = new Snapshot(null, $"the style folder '{_options.StylesDirectory}' is not readable: {ex.Message}", now);
+                _logger.LogError("Style folder {Folder} is not readable: {Error}", _options.LoraFolder, ex.Message);
+                _snapshot = new Snapshot(null, $"the style folder '{_options.LoraFolder}' is not readable: {ex.Message}", now);
             }
             return _snapshot;
         }
     }
 
-    private sealed record FolderCatalog(CatalogOptions Options, StyleCatalog? Folder) : ISubmissionCatalog
+    private sealed record FolderCatalog(EngineCatalogOptions Options, StyleCatalog? Folder) : ISubmissionCatalog
     {
         public EngineInfo Info { get; } = new("(not loaded: api role)", BuiltIn: false, Device: "none", DType: "none", Options.MaxSide, Options.MaxCondSize);
         public IReadOnlyList<StyleInfo> Styles { get; init; } = [];
@@ -141,6 +144,12 @@ public sealed class FolderCatalogSource : ISubmissionCatalogSource
             CheckSide("width", request.Width, Info.MaxSide);
             CheckSide("height", request.Height, Info.MaxSide);
             CheckSide("condSize", request.CondSize, Info.MaxCondSize);
+            if (request.Width is { } w && request.Height is { } h && (long)w * h > Options.MaxPixels)
+                throw new StylizationRequestException("invalid-size", $"{w}x{h} is more than the {Options.MaxPixels} pixels allowed.");
+            if (request.Steps > Options.MaxSteps)
+                throw new StylizationRequestException("validation-error", $"steps must be at most {Options.MaxSteps} (got {request.Steps}).");
+            if (request.Guidance < Options.MinGuidance || request.Guidance > Options.MaxGuidance)
+                throw new StylizationRequestException("validation-error", $"guidance must be between {Options.MinGuidance} and {Options.MaxGuidance} (got {request.Guidance}).");
         }
 
         private static void CheckSide(string name, int? value, int max)

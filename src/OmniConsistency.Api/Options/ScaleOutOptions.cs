@@ -70,19 +70,22 @@ public sealed class S3BlobOptions
 }
 
 /// <summary>
-/// What the api role accepts without loading the model: the style catalog is the LoRA folder itself (the same folder
-/// the workers load styles from, mounted read-only) and the size limits are configured here. In the all and worker
-/// roles the loaded engine answers instead and this section is not used.
+/// What the api role accepts without loading the model: the style catalog is the engine's LoRA folder itself (mounted
+/// read-only, as in the workers) and the request limits are the engine's. It reads the same "Omni:Engine" keys as the
+/// engine (same names and defaults as StylizationEngineOptions), so one configuration describes both roles; in the
+/// all and worker roles the loaded engine answers instead.
 /// </summary>
-public sealed class CatalogOptions
+public sealed class EngineCatalogOptions
 {
-    public const string Section = "Omni:Catalog";
+    public const string Section = "Omni:Engine";
     /// <summary>Folder of &lt;name&gt;.safetensors style LoRAs with optional &lt;name&gt;.json sidecars; empty: no styles (base model only).</summary>
-    public string? StylesDirectory { get; set; }
-    /// <summary>Largest output side in pixels; set it to the workers' engine limit.</summary>
+    public string? LoraFolder { get; set; }
+    /// <summary>Largest output width or height.</summary>
     [Range(16, 65536)] public int MaxSide { get; set; } = 2048;
-    /// <summary>Largest condition size; set it to the workers' engine limit.</summary>
+    /// <summary>Largest output width × height.</summary>
+    [Range(256, long.MaxValue)] public long MaxPixels { get; set; } = 2048L * 2048;
     [Range(16, 65536)] public int MaxCondSize { get; set; } = 1024;
-    /// <summary>How often the folder is listed again (styles added to the volume appear without a restart).</summary>
-    public TimeSpan RefreshInterval { get; set; } = TimeSpan.FromMinutes(1);
+    [Range(1, 1000)] public int MaxSteps { get; set; } = 50;
+    public double MinGuidance { get; set; }
+    public double MaxGuidance { get; set; } = 20;
 }
