@@ -26,7 +26,7 @@ public sealed class MultiProcessTests
         var styles = Directory.CreateTempSubdirectory("omni-styles-").FullName;
         File.WriteAllBytes(Path.Combine(styles, "demo.safetensors"), [0]);
 
-        string[] Common(string role) =>
+        string[] Common(string role, int stepDelayMs = 40) =>
         [
             "--role", role,
             "--Omni:Storage:Provider=postgres", $"--Omni:Storage:PostgresConnectionString={schema.ConnectionString}",
@@ -34,11 +34,14 @@ public sealed class MultiProcessTests
             $"--Omni:Webhooks:Secret={ServiceHost.WebhookSecret}", "--Omni:Webhooks:AllowedNetworks:0=127.0.0.1/32",
             "--Omni:Webhooks:RetryBaseDelay=00:00:00.300", "--Omni:Webhooks:PollInterval=00:00:05",
             "--Omni:Queue:PollInterval=00:00:05", $"--Omni:Queue:LeaseDuration={Lease}", "--Omni:Queue:Capacity=100",
-            "--TestEngine:StepDelayMs=40", $"--TestEngine:RunLogDirectory={runs}", "--Serilog:MinimumLevel:Default=Warning",
+            $"--TestEngine:StepDelayMs={stepDelayMs}", $"--TestEngine:RunLogDirectory={runs}", "--Serilog:MinimumLevel:Default=Warning",
         ];
         // The API first: it creates the schema the workers' recovery loops read.
         await using var api = await TestServerProcess.StartAsync("api", Common("api"));
-        var workers = await Task.WhenAll(TestServerProcess.StartAsync("worker-1", Common("worker")), TestServerProcess.StartAsync("worker-2", Common("worker")));
+        // The victim is slow (1.5 s a step), so the job it holds is still mid-way whenever the kill lands, however
+        // loaded the machine is; the survivor runs the rest at 40 ms a step.
+        var workers = await Task.WhenAll(
+            TestServerProcess.StartAsync("worker-1", Common("worker", stepDelayMs: 1500)), TestServerProcess.StartAsync("worker-2", Common("worker")));
         await using var victim = workers[0];
         await using var survivor = workers[1];
 
@@ -52,9 +55,9 @@ public sealed class MultiProcessTests
             ids.Add((await api.Client.SubmitAsync(TestImages.Png(), ("steps", "6"), ("seed", seed.ToString()), ("style", "demo"),
                 ("webhookUrl", receiver.Url))).Id());
 
-        // Kill worker 1 while it is in the middle of a job (step 2 or later reported).
+        // Kill worker 1 while it is in the middle of a job (a step reported, more to come).
         var killedJob = await WaitForAsync(() => schema.ScalarOrNullAsync<string>(
-            $"SELECT id FROM jobs WHERE status = 'running' AND lease_owner LIKE '%/{victim.Pid}/%' AND progress_step >= 2 LIMIT 1"), TimeSpan.FromSeconds(60));
+            $"SELECT id FROM jobs WHERE status = 'running' AND lease_owner LIKE '%/{victim.Pid}/%' AND progress_step >= 1 LIMIT 1"), TimeSpan.FromSeconds(60));
         victim.Kill();
 
         var finished = new List<System.Text.Json.JsonElement>();
