@@ -17,6 +17,8 @@ public sealed class RoleStartupReport(HostRole role, IOptions<StorageOptions> st
             ? $"s3 bucket {blobs.Value.S3.Bucket} prefix '{blobs.Value.S3.Prefix}'{(blobs.Value.S3.ServiceUrl is { Length: > 0 } u ? " at " + u : "")}"
             : $"folder {(string.IsNullOrWhiteSpace(blobs.Value.Directory) ? Path.Combine(storage.Value.DataPath, "blobs") : Path.GetFullPath(blobs.Value.Directory))}";
         logger.LogInformation("Role {Role}: job store {Store}; blobs in {Blobs}", role.Role.ToString().ToLowerInvariant(), store, blob);
+        if (role.Role == ServiceRole.Worker)
+            logger.LogInformation("Worker role: serves only /healthz, /readyz and /metrics (no /v1), on every configured address so probes reach it");
         return Task.CompletedTask;
     }
 
