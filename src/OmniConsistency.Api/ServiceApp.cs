@@ -5,6 +5,7 @@ using Microsoft.AspNetCore.RateLimiting;
 using Microsoft.Extensions.Options;
 using OmniConsistency.Api.Endpoints;
 using OmniConsistency.Api.Engine;
+using OmniConsistency.Api.Hosting;
 using OmniConsistency.Api.Jobs;
 using OmniConsistency.Api.Observability;
 using OmniConsistency.Api.Options;
@@ -27,9 +28,11 @@ public static class ServiceApp
     public static WebApplicationBuilder CreateBuilder(string[] args, Action<ConfigurationManager>? configure = null)
     {
         var builder = WebApplication.CreateBuilder(args);
+        builder.Configuration.AddCommandLine(args, ScaleOutRegistration.CommandLineSwitches);
         configure?.Invoke(builder.Configuration);
         var services = builder.Services;
         var config = builder.Configuration;
+        var role = RoleOptions.Read(config);
 
         services.AddSerilog((sp, log) =>
         {
@@ -67,6 +70,10 @@ public static class ServiceApp
             .Validate(o => o.ApiKeys.Select(k => k.Name).Distinct().Count() == o.ApiKeys.Count, "Omni:Auth:ApiKeys names must be unique.")
             .Validate(o => o.ApiKeys.All(k => k.PermitsPerMinute is null or > 0), "Omni:Auth:ApiKeys PermitsPerMinute must be positive.");
         AddOptions<RateLimitOptions>(services, RateLimitOptions.Section);
+        AddOptions<BlobOptions>(services, BlobOptions.Section);
+        AddOptions<EngineCatalogOptions>(services, EngineCatalogOptions.Section)
+            .Validate(o => double.IsFinite(o.MinGuidance) && double.IsFinite(o.MaxGuidance) && o.MinGuidance <= o.MaxGuidance,
+                "Omni:Engine:MinGuidance..MaxGuidance must be a finite range.");
 
         var limits = config.GetSection(LimitsOptions.Section).Get<LimitsOptions>() ?? new LimitsOptions();
         builder.WebHost.ConfigureKestrel(k =>
@@ -74,13 +81,12 @@ public static class ServiceApp
             k.Limits.MaxRequestBodySize = limits.MaxRequestBytes;
             k.AddServerHeader = false;
         });
-        RestrictToLoopbackWhenOpen(builder);
+        // A worker serves only health and metrics (no /v1), so it listens where its probes can reach it.
+        if (role.RunsApi()) RestrictToLoopbackWhenOpen(builder);
 
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<IJobTransitionEffects, JobTransitionEffectsFactory>();
-        services.AddSingleton<SqliteJobStore>();
-        services.AddSingleton<IJobStore>(sp => sp.GetRequiredService<SqliteJobStore>());
-        services.AddSingleton<IBlobStore, FileBlobStore>();
+        var storeProvider = services.AddScaleOutServices(config, role);
         services.AddSingleton<JobSignals>();
         services.AddSingleton<RunningJobs>();
         services.AddSingleton<WorkerStatus>();
@@ -94,12 +100,22 @@ public static class ServiceApp
         services.AddSingleton<EngineHost>();
 
         // Order matters: the store is ready (and crashed jobs re-queued) before the engine, worker and dispatcher start.
+        // The api role never loads the model; the worker role neither serves /v1 nor sends webhooks.
         services.AddHostedService<StoreInitializer>();
-        services.AddHostedService(sp => sp.GetRequiredService<EngineHost>());
-        services.AddHostedService<StylizationWorker>();
-        services.AddHostedService<WebhookDispatcher>();
-        services.AddHostedService<RetentionCleanupService>();
+        if (storeProvider == JobStoreProvider.Postgres) services.AddHostedService(sp => sp.GetRequiredService<PostgresNotificationListener>());
+        if (role.RunsWorker())
+        {
+            services.AddHostedService(sp => sp.GetRequiredService<EngineHost>());
+            services.AddHostedService<StylizationWorker>();
+        }
+        services.AddHostedService<LeaseRecoveryService>();
+        if (role.RunsApi())
+        {
+            services.AddHostedService<WebhookDispatcher>();
+            services.AddHostedService<RetentionCleanupService>();
+        }
         services.AddHostedService<StartupReport>();
+        services.AddHostedService<RoleStartupReport>();
 
         services.AddStylizationEngine(config);
 
@@ -132,6 +148,13 @@ public static class ServiceApp
             : HttpMethods.IsGet(http.Request.Method) && http.Response.StatusCode < 400 ? LogEventLevel.Debug
             : LogEventLevel.Information);
         app.UseMiddleware<ProblemExceptionMiddleware>();
+        var role = app.Services.GetRequiredService<HostRole>().Role;
+        if (!role.RunsApi())
+        {
+            // Worker: health, readiness and metrics only.
+            HealthEndpoints.Map(app);
+            return app;
+        }
         app.UseMiddleware<LoopbackOnlyWhenOpenMiddleware>();
         app.UseSwagger();
         app.UseSwaggerUI(o =>

@@ -108,6 +108,50 @@ public abstract class JobStoreContractTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Concurrent_enqueues_never_exceed_capacity_nor_reuse_a_key()
+    {
+        var results = await Task.WhenAll(Enumerable.Range(0, 24).Select(i => Task.Run(() => Store.EnqueueAsync(Job($"cap{i:00}"), 5, Ct))));
+        Assert.Equal(5, results.Count(r => r.Outcome == EnqueueOutcome.Created));
+        Assert.Equal(19, results.Count(r => r.Outcome == EnqueueOutcome.QueueFull));
+        Assert.Equal(5, (await Store.GetCountsAsync(Ct)).Queued);
+
+        var keyed = await Task.WhenAll(Enumerable.Range(0, 12).Select(i => Task.Run(() => Store.EnqueueAsync(Job($"key{i:00}", key: "same", hash: "H"), 100, Ct))));
+        var created = Assert.Single(keyed, r => r.Outcome == EnqueueOutcome.Created);
+        Assert.All(keyed.Where(r => r.Outcome != EnqueueOutcome.Created), r =>
+        {
+            Assert.Equal(EnqueueOutcome.Replayed, r.Outcome);
+            Assert.Equal(created.Job!.Id, r.Job!.Id);
+        });
+    }
+
+    [Fact]
+    public async Task Concurrent_claim_complete_and_recovery_run_every_job_once()
+    {
+        // Four workers drain the queue while a recoverer runs with live leases only: nothing is taken twice.
+        for (var i = 0; i < 30; i++) await Store.EnqueueAsync(Job($"d{i:00}"), 100, Ct);
+        var completed = new System.Collections.Concurrent.ConcurrentBag<string>();
+        using var stop = new CancellationTokenSource();
+        var recoverer = Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested) await Store.RecoverAsync(T0 + TimeSpan.FromSeconds(1), 3, includeLiveLeases: false, Ct);
+        });
+        await Task.WhenAll(Enumerable.Range(0, 4).Select(w => Task.Run(async () =>
+        {
+            while (await Store.ClaimNextAsync($"w{w}", Lease, T0, Ct) is { } job)
+            {
+                Assert.True((await Store.RenewLeaseAsync(job.Id, $"w{w}", Lease, T0, Ct)).Held);
+                Assert.NotNull(await Store.CompleteAsync(job.Id, $"w{w}", new JobCompletion(JobStatus.Succeeded, null, null, 1), T0, Ct));
+                completed.Add(job.Id);
+            }
+        })));
+        await stop.CancelAsync();
+        await recoverer;
+        Assert.Equal(30, completed.Count);
+        Assert.Equal(30, completed.Distinct().Count());
+        Assert.Equal(30, (await Store.GetCountsAsync(Ct)).Succeeded);
+    }
+
+    [Fact]
     public async Task Cancel_is_immediate_when_queued_and_requested_when_running()
     {
         await Store.EnqueueAsync(Job("r"), 10, Ct);
@@ -190,5 +234,26 @@ public sealed class SqliteJobStoreContractTests : JobStoreContractTests
     {
         await base.DisposeAsync();
         try { Directory.Delete(_dir, recursive: true); } catch (IOException) { }
+    }
+}
+
+/// <summary>The same contract on a real PostgreSQL server (OMNI_TEST_POSTGRES), each test in a fresh schema.</summary>
+public sealed class PostgresJobStoreContractTests : JobStoreContractTests
+{
+    private PostgresTestSchema? _schema;
+    private Npgsql.NpgsqlDataSource? _dataSource;
+
+    protected override async Task<IJobStore> CreateStoreAsync()
+    {
+        _schema = await PostgresTestSchema.CreateAsync();
+        _dataSource = _schema.NewDataSource();
+        return new PostgresJobStore(_dataSource, Microsoft.Extensions.Options.Options.Create(new StorageOptions()), new JobTransitionEffectsFactory());
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        await base.DisposeAsync();
+        if (_dataSource is not null) await _dataSource.DisposeAsync();
+        if (_schema is not null) await _schema.DisposeAsync();
     }
 }

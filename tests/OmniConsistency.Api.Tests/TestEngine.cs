@@ -32,6 +32,10 @@ public sealed class TestEngine : IStylizationEngine
     /// <summary>When set, every step waits for it (after reporting step 1) — a job held "running".</summary>
     public TaskCompletionSource? Gate { get; set; }
 
+    /// <summary>When set, every run appends "start|done seed pid" lines to runs-&lt;pid&gt;.log there (multi-process tests).</summary>
+    public string? RunLogDirectory { get; set; }
+    private readonly Lock _logLock = new();
+
     public ConcurrentDictionary<long, int> RunsBySeed { get; } = new();
     public ConcurrentDictionary<long, int> CompletedBySeed { get; } = new();
     private int _runs;
@@ -60,6 +64,7 @@ public sealed class TestEngine : IStylizationEngine
         var clock = Stopwatch.StartNew();
         Interlocked.Increment(ref _runs);
         RunsBySeed.AddOrUpdate(request.Seed, 1, (_, n) => n + 1);
+        LogRun("start", request.Seed);
         RunStarted.TrySetResult(request);
         LoraHits.Add(request.Styles.Count + 1);
         if (Freeze) await Task.Delay(Timeout.Infinite, CancellationToken.None);
@@ -99,8 +104,15 @@ public sealed class TestEngine : IStylizationEngine
             _ => Save(image, output, new PngEncoder(), "image/png"),
         };
         CompletedBySeed.AddOrUpdate(request.Seed, 1, (_, n) => n + 1);
+        LogRun("done", request.Seed);
         var prompt = string.Join(", ", request.Styles.SelectMany(s => Styles.First(x => x.Name == s.Name).TriggerWords).Append(request.Prompt ?? "").Where(x => x != ""));
         return new StylizationResult(output.ToArray(), contentType, width, height, request.Seed, prompt, [], clock.Elapsed);
+    }
+
+    private void LogRun(string what, long seed)
+    {
+        if (RunLogDirectory is null) return;
+        lock (_logLock) File.AppendAllText(Path.Combine(RunLogDirectory, $"runs-{Environment.ProcessId}.log"), $"{what} {seed} {Environment.ProcessId}\n");
     }
 
     private static string Save(Image image, Stream s, SixLabors.ImageSharp.Formats.IImageEncoder encoder, string contentType)

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Options;
 using OmniConsistency.Api.Engine;
+using OmniConsistency.Api.Hosting;
 using OmniConsistency.Api.Jobs;
 using OmniConsistency.Api.Observability;
 using OmniConsistency.Api.Options;
@@ -15,13 +16,22 @@ public static class HealthEndpoints
         app.MapGet("/healthz", () => Results.Json(new { status = "alive" }))
             .WithTags("Operations").WithSummary("Liveness: the process answers");
 
-        app.MapGet("/readyz", async (HttpContext http, EngineHost engine, WorkerStatus worker, IOptions<WorkerOptions> workerOptions, IJobStore store, CancellationToken ct) =>
+        app.MapGet("/readyz", async (HttpContext http, EngineHost engine, WorkerStatus worker, IOptions<WorkerOptions> workerOptions, IJobStore store,
+                HostRole host, IServiceProvider services, CancellationToken ct) =>
             {
+                var runsWorker = host.Role.RunsWorker();
                 var checks = new Dictionary<string, string>
                 {
-                    ["engine"] = engine.State == EngineState.Ready ? "ready" : $"{engine.State.ToString().ToLowerInvariant()}{(engine.FailureReason is { } r ? ": " + r : "")}",
-                    ["worker"] = !workerOptions.Value.Enabled ? "disabled" : worker.Running ? "running" : "not running",
+                    ["role"] = host.Role.ToString().ToLowerInvariant(),
+                    // The api role never loads the model: it validates against the style folder (catalog check below).
+                    ["engine"] = !runsWorker ? "not used" : engine.State == EngineState.Ready ? "ready" : $"{engine.State.ToString().ToLowerInvariant()}{(engine.FailureReason is { } r ? ": " + r : "")}",
+                    ["worker"] = !runsWorker || !workerOptions.Value.Enabled ? "disabled" : worker.Running ? "running" : "not running",
                 };
+                if (services.GetService<FolderCatalogSource>() is { } folder)
+                {
+                    var catalog = folder.Describe();
+                    checks["catalog"] = catalog.StartsWith("error", StringComparison.Ordinal) ? catalog : "ok: " + catalog;
+                }
                 try
                 {
                     await store.GetCountsAsync(ct);
@@ -31,10 +41,11 @@ public static class HealthEndpoints
                 {
                     checks["store"] = $"error: {ex.Message}";
                 }
-                var ready = checks["engine"] == "ready" && checks["worker"] is "running" or "disabled" && checks["store"] == "ok";
-                if (ready) return Results.Json(new { status = "ready", checks });
+                static bool Healthy(KeyValuePair<string, string> c) =>
+                    c.Key == "role" || c.Value is "ready" or "running" or "disabled" or "ok" or "not used" || c.Value.StartsWith("ok: ", StringComparison.Ordinal);
+                if (checks.All(Healthy)) return Results.Json(new { status = "ready", checks });
                 var problem = ProblemWriter.Create(http, 503, "not-ready", "Not ready",
-                    string.Join("; ", checks.Where(c => c.Value is not ("ready" or "running" or "disabled" or "ok")).Select(c => $"{c.Key}: {c.Value}")));
+                    string.Join("; ", checks.Where(c => !Healthy(c)).Select(c => $"{c.Key}: {c.Value}")));
                 problem.Extensions["checks"] = checks;
                 return Results.Problem(problem);
             })

@@ -30,8 +30,9 @@ public static class StylizationEndpoints
             .Produces<JobResource>().ProducesProblem(404);
 
         v1.MapGet("/stylizations/{id}/result", ResultAsync)
-            .WithName("GetStylizationResult").WithSummary("The result image (ETag, conditional GET)")
+            .WithName("GetStylizationResult").WithSummary("The result image (ETag, conditional GET); with an S3 blob store a 307 to a pre-signed URL")
             .Produces(200, contentType: "image/png", additionalContentTypes: ["image/jpeg", "image/webp"])
+            .Produces(307).Produces(304)
             .ProducesProblem(404).ProducesProblem(409).ProducesProblem(410);
 
         v1.MapGet("/stylizations/{id}/events", EventsAsync)
@@ -51,12 +52,10 @@ public static class StylizationEndpoints
     private static ApiProblemException NotFound(string id) =>
         new(404, "not-found", "Job not found", $"No job '{id}' for this API key.");
 
-    private static async Task<IResult> SubmitAsync(HttpContext http, JobService jobs, SubmissionValidator validator, EngineHost engineHost,
+    private static async Task<IResult> SubmitAsync(HttpContext http, JobService jobs, SubmissionValidator validator, ISubmissionCatalogSource catalog,
         IOptions<LimitsOptions> limits, IOptions<ApiOptions> api, CancellationToken ct)
     {
-        var engine = engineHost.Engine ?? throw new ApiProblemException(503, "engine-unavailable", "Engine unavailable",
-            engineHost.State == EngineState.Loading ? "The model is still loading; retry shortly." : engineHost.FailureReason ?? "No engine.",
-            retryAfter: TimeSpan.FromSeconds(10));
+        var engine = catalog.Require();
         var idempotencyKey = ReadIdempotencyKey(http);
         var wait = ReadPreferWait(http, limits.Value.MaxPreferWaitSeconds);
 
@@ -115,14 +114,29 @@ public static class StylizationEndpoints
                 job.Status is JobStatus.Queued or JobStatus.Running
                     ? $"The job is {job.Status.ToWire()}; poll it or listen to its events."
                     : $"The job {job.Status.ToWire()} and has no result.");
-        var stream = job.ResultExpired ? null : blobs.OpenRead(job.Result.Blob);
-        if (stream is null)
-            throw new ApiProblemException(410, "result-expired", "Result expired", "The result was deleted after the retention period.");
+        if (job.ResultExpired) throw ResultExpired();
+        var etag = EntityTagHeaderValue.Parse(job.Result.ETag);
+        if (blobs is IBlobUrlSigner signer)
+        {
+            // Object store: the client fetches the bytes from the bucket with a short-lived URL (a conditional GET that
+            // matches is still answered here).
+            if (http.Request.GetTypedHeaders().IfNoneMatch.Any(t => t.Compare(etag, useStrongComparison: false) || t.Equals(EntityTagHeaderValue.Any)))
+                return Results.StatusCode(304);
+            if (await signer.GetReadUrlAsync(job.Result.Blob, job.Result.ContentType, ct) is { } url)
+            {
+                http.Response.Headers.CacheControl = "private, no-store";
+                http.Response.Headers.ETag = job.Result.ETag;
+                return Results.Redirect(url.AbsoluteUri, permanent: false, preserveMethod: true);
+            }
+        }
+        var stream = await blobs.OpenReadAsync(job.Result.Blob, ct) ?? throw ResultExpired();
         http.Response.Headers.XContentTypeOptions = "nosniff";
         http.Response.Headers.CacheControl = "private, max-age=3600";
-        return Results.Stream(stream, job.Result.ContentType, fileDownloadName: null,
-            entityTag: EntityTagHeaderValue.Parse(job.Result.ETag), enableRangeProcessing: false);
+        return Results.Stream(stream, job.Result.ContentType, fileDownloadName: null, entityTag: etag, enableRangeProcessing: false);
     }
+
+    private static ApiProblemException ResultExpired() =>
+        new(410, "result-expired", "Result expired", "The result was deleted after the retention period.");
 
     private static async Task<IResult> CancelAsync(string id, HttpContext http, JobService jobs, IOptions<ApiOptions> api, CancellationToken ct)
     {

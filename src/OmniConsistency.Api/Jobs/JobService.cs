@@ -40,10 +40,10 @@ public sealed class JobService(
         }
         catch
         {
-            blobs.Delete(inputBlob);
+            await blobs.DeleteAsync(inputBlob, CancellationToken.None);
             throw;
         }
-        if (result.Outcome != EnqueueOutcome.Created) blobs.Delete(inputBlob);
+        if (result.Outcome != EnqueueOutcome.Created) await blobs.DeleteAsync(inputBlob, CancellationToken.None);
 
         switch (result.Outcome)
         {

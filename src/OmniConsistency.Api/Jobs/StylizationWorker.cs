@@ -53,9 +53,8 @@ public sealed partial class StylizationWorker(
         logger.LogInformation("Worker {WorkerId} serving with {Concurrency} slot(s), job timeout {Timeout}", _workerId, _worker.Concurrency, _worker.JobTimeout);
         try
         {
-            var loops = Enumerable.Range(0, _worker.Concurrency).Select(_ => ServeAsync(engine, stoppingToken)).ToList();
-            loops.Add(RecoverExpiredLeasesAsync(stoppingToken));
-            await Task.WhenAll(loops);
+            // Expired leases (a dead worker's jobs) are given back by LeaseRecoveryService, which runs in every role.
+            await Task.WhenAll(Enumerable.Range(0, _worker.Concurrency).Select(_ => ServeAsync(engine, stoppingToken)));
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested) { }
         finally
@@ -98,29 +97,6 @@ public sealed partial class StylizationWorker(
                     logger.LogError(ex, "Job {JobId} could not be recorded; it is retried when its lease expires", job.Id);
                     await Task.Delay(_queue.PollInterval, stoppingToken);
                 }
-            }
-        }
-    }
-
-    /// <summary>Leases of a dead worker (another process) run out; this gives their jobs back to the queue.</summary>
-    private async Task RecoverExpiredLeasesAsync(CancellationToken stoppingToken)
-    {
-        var interval = _queue.LeaseDuration / 2;
-        while (!stoppingToken.IsCancellationRequested)
-        {
-            await Task.Delay(interval, time, stoppingToken);
-            try
-            {
-                var n = await store.RecoverAsync(time.GetUtcNow(), _queue.MaxAttempts, includeLiveLeases: false, stoppingToken);
-                if (n > 0)
-                {
-                    logger.LogWarning("Re-queued {Count} jobs whose lease expired", n);
-                    signals.WorkAvailable();
-                }
-            }
-            catch (Exception ex) when (ex is not OperationCanceledException)
-            {
-                logger.LogError(ex, "Lease recovery failed");
             }
         }
     }
@@ -205,7 +181,7 @@ public sealed partial class StylizationWorker(
             logger.LogWarning("Job {JobId} finished as {Status} but its lease was lost; result discarded", job.Id, completion.Status);
             return;
         }
-        TryDelete(job.InputBlob);
+        await TryDeleteAsync(job.InputBlob);
         var queueWait = finished.QueueWaitMs is { } qw ? TimeSpan.FromMilliseconds(qw) : (TimeSpan?)null;
         metrics.JobFinished(finished.Status, TimeSpan.FromMilliseconds(completion.InferenceMs ?? 0), queueWait);
         LogSummary(finished, clock.Elapsed);
@@ -255,9 +231,9 @@ public sealed partial class StylizationWorker(
         }
     }
 
-    private void TryDelete(string blob)
+    private async Task TryDeleteAsync(string blob)
     {
-        try { blobs.Delete(blob); }
+        try { await blobs.DeleteAsync(blob, CancellationToken.None); }
         catch (Exception ex) { logger.LogWarning(ex, "Could not delete {Blob}", blob); }
     }
 

@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using System.Text.Json;
 using Microsoft.Extensions.Options;
 using OmniConsistency.Api.Endpoints;
+using OmniConsistency.Api.Engine;
 using OmniConsistency.Api.Options;
 using OmniConsistency.Api.Storage;
 using OmniConsistency.Api.Webhooks;
@@ -27,7 +28,7 @@ public sealed class SubmissionValidator(IOptions<LimitsOptions> limitsOptions, D
     private readonly LimitsOptions _limits = limitsOptions.Value;
     private readonly SemaphoreSlim _decodeSlots = new(limitsOptions.Value.MaxConcurrentImageChecks);
 
-    public async Task<ValidatedSubmission> ValidateAsync(RawSubmission raw, IStylizationEngine engine, CancellationToken ct)
+    public async Task<ValidatedSubmission> ValidateAsync(RawSubmission raw, ISubmissionCatalog engine, CancellationToken ct)
     {
         var info = engine.Info;
         var steps = raw.Steps ?? 25;

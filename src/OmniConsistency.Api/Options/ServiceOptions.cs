@@ -7,6 +7,10 @@ namespace OmniConsistency.Api.Options;
 public sealed class StorageOptions
 {
     public const string Section = "Omni:Storage";
+    /// <summary>The job store: sqlite (embedded, one process) or postgres (shared by API replicas and workers).</summary>
+    public JobStoreProvider Provider { get; set; } = JobStoreProvider.Sqlite;
+    /// <summary>Npgsql connection string for <see cref="JobStoreProvider.Postgres"/>; ConnectionStrings:Jobs is used when this is empty.</summary>
+    public string? PostgresConnectionString { get; set; }
     /// <summary>Root of everything the service writes: the job database, inputs and results.</summary>
     [Required] public string DataDirectory { get; set; } = "data";
     /// <summary>SQLite database file; relative paths are under <see cref="DataDirectory"/>.</summary>
@@ -20,6 +24,8 @@ public sealed class StorageOptions
     public string DataPath => Path.GetFullPath(DataDirectory);
     public string DatabasePath => Path.IsPathRooted(DatabaseFile) ? DatabaseFile : Path.Combine(DataPath, DatabaseFile);
 }
+
+public enum JobStoreProvider { Sqlite, Postgres }
 
 public sealed class QueueOptions
 {

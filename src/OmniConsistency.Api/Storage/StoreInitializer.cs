@@ -55,7 +55,7 @@ public sealed class RetentionCleanupService(IJobStore store, IBlobStore blobs, I
             var expired = await store.ListExpiredResultsAsync(now, 200, ct);
             foreach (var e in expired)
             {
-                foreach (var blob in e.Blobs) { blobs.Delete(blob); files++; }
+                foreach (var blob in e.Blobs) { await blobs.DeleteAsync(blob, ct); files++; }
                 await store.MarkResultExpiredAsync(e.JobId, ct);
             }
             if (expired.Count < 200) break;
@@ -64,7 +64,7 @@ public sealed class RetentionCleanupService(IJobStore store, IBlobStore blobs, I
         {
             var deleted = await store.DeleteFinishedJobsAsync(now - options.Value.JobRetention, 200, ct);
             foreach (var e in deleted)
-                foreach (var blob in e.Blobs) { blobs.Delete(blob); files++; }
+                foreach (var blob in e.Blobs) { await blobs.DeleteAsync(blob, ct); files++; }
             jobs += deleted.Count;
             if (deleted.Count < 200) break;
         }
