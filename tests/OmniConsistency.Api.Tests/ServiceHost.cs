@@ -80,8 +80,10 @@ public sealed class ServiceHost : IAsyncDisposable
         ["Omni:RateLimit:PermitsPerMinute"] = "100000",
     };
 
+    /// <param name="useBuiltInEngine">Serve the real built-in random-weight model (the README's run command) instead of
+    /// the <see cref="TestEngine"/>; <see cref="Engine"/> is then unused.</param>
     public static async Task<ServiceHost> StartAsync(string? dataDirectory = null, Action<Dictionary<string, string?>>? configure = null,
-        TestEngine? engine = null)
+        TestEngine? engine = null, bool useBuiltInEngine = false)
     {
         dataDirectory ??= NewDataDirectory();
         engine ??= new TestEngine();
@@ -96,7 +98,7 @@ public sealed class ServiceHost : IAsyncDisposable
         configure?.Invoke(settings);
         var builder = ServiceApp.CreateBuilder([], config => config.AddInMemoryCollection(settings));
         builder.Environment.EnvironmentName = "Testing";
-        builder.Services.AddSingleton<IStylizationEngine>(engine);
+        if (!useBuiltInEngine) builder.Services.AddSingleton<IStylizationEngine>(engine);
         // An abrupt stop must not wait for a frozen job.
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(2));
         var app = ServiceApp.Build(builder);
@@ -119,7 +121,8 @@ public sealed class ServiceHost : IAsyncDisposable
 
     private async Task WaitReadyAsync()
     {
-        var deadline = DateTime.UtcNow.AddSeconds(20);
+        // The built-in model is created and loaded at start (about a second; longer on a loaded machine).
+        var deadline = DateTime.UtcNow.AddSeconds(120);
         while (DateTime.UtcNow < deadline)
         {
             using var r = await Client.GetAsync("readyz");
