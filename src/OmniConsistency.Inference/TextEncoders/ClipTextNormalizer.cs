@@ -8,11 +8,14 @@ namespace OmniConsistency.Inference.TextEncoders;
 /// BPE: <c>BasicTokenizer(do_lower_case=True, strip_accents=False, do_split_on_punc=False)</c> and the pre-token regex.
 /// Written by hand because they work on Unicode code points with Python's semantics (category tests, <c>str.lower()</c>
 /// with final sigma, <c>str.split()</c>); .NET's Regex works on UTF-16 units and would split supplementary-plane
-/// letters and digits differently. Character properties come from .NET's Unicode tables (the reference ran Python 3.11,
-/// Unicode 14): characters assigned after Unicode 14 are dropped there as unassigned (C*) but kept here.
+/// letters and digits differently. Unassigned and case properties follow Unicode 14 as the reference's Python 3.11 did
+/// (<see cref="Unicode14"/>); letter / digit / space categories and case mappings come from .NET's newer tables, which
+/// agree for every code point assigned in Unicode 14 (checked: ids equal a Python port's on all of planes 0-2 and 14).
 /// </summary>
 internal static class ClipTextNormalizer
 {
+    private static readonly string[] RegexLiterals = ["<|startoftext|>", "<|endoftext|>", "'s", "'t", "'re", "'ve", "'m", "'ll", "'d"];
+
     /// <summary>BasicTokenizer.tokenize(text) joined with single spaces, as CLIPTokenizer._tokenize does.</summary>
     public static string Clean(string text)
     {
@@ -41,12 +44,11 @@ internal static class ClipTextNormalizer
     /// <summary><see cref="PreTokenize"/> as (start, length) spans of <paramref name="text"/>.</summary>
     public static List<(int Start, int Length)> PreTokenizeSpans(string text)
     {
-        string[] literals = ["<|startoftext|>", "<|endoftext|>", "'s", "'t", "'re", "'ve", "'m", "'ll", "'d"];
         var words = new List<(int Start, int Length)>();
         int i = 0;
         while (i < text.Length)
         {
-            var literal = literals.FirstOrDefault(l => MatchesIgnoreCase(text, i, l));
+            var literal = RegexLiterals.FirstOrDefault(l => MatchesIgnoreCase(text, i, l));
             if (literal is not null)
             {
                 words.Add((i, literal.Length));
@@ -65,9 +67,9 @@ internal static class ClipTextNormalizer
                 i += r.Utf16SequenceLength;
                 words.Add((start, i - start));
             }
-            else if (!IsRegexSpace(r.Value))
+            else if (!IsRegexSpace(r.Value) && !IsUnmatched(r))
             {
-                while (i < text.Length && Rune.GetRuneAt(text, i) is var o && !IsRegexSpace(o.Value) && !IsLetter(o) && !IsNumber(o))
+                while (i < text.Length && Rune.GetRuneAt(text, i) is var o && !IsRegexSpace(o.Value) && !IsLetter(o) && !IsNumber(o) && !IsUnmatched(o))
                     i += o.Utf16SequenceLength;
                 words.Add((start, i - start));
             }
@@ -102,22 +104,16 @@ internal static class ClipTextNormalizer
         return j == runes.Length || !IsCased(runes[j]);
     }
 
-    private static bool IsCased(Rune r) => Rune.GetUnicodeCategory(r) is UnicodeCategory.UppercaseLetter
-        or UnicodeCategory.LowercaseLetter or UnicodeCategory.TitlecaseLetter;
+    private static bool IsCased(Rune r) => Unicode14.IsCased(r.Value);
 
-    // Case_Ignorable: Mn, Me, Cf, Lm, Sk and the Word_Break MidLetter / MidNumLet / Single_Quote characters.
-    private static bool IsCaseIgnorable(Rune r) =>
-        Rune.GetUnicodeCategory(r) is UnicodeCategory.NonSpacingMark or UnicodeCategory.EnclosingMark
-            or UnicodeCategory.Format or UnicodeCategory.ModifierLetter or UnicodeCategory.ModifierSymbol
-        || r.Value is 0x27 or 0x2E or 0x3A or 0xB7 or 0x387 or 0x55F or 0x5F4 or 0x2018 or 0x2019 or 0x2024 or 0x2027
-            or 0xFE13 or 0xFE52 or 0xFE55 or 0xFF07 or 0xFF0E or 0xFF1A;
+    private static bool IsCaseIgnorable(Rune r) => Unicode14.IsCaseIgnorable(r.Value);
 
-    // BasicTokenizer._is_control: category C* except \t \n \r.
+    // BasicTokenizer._is_control: category C* except \t \n \r; "unassigned" as of Unicode 14.
     private static bool IsControl(Rune r)
     {
         if (r.Value is '\t' or '\n' or '\r') return false;
         return Rune.GetUnicodeCategory(r) is UnicodeCategory.Control or UnicodeCategory.Format or UnicodeCategory.Surrogate
-            or UnicodeCategory.PrivateUse or UnicodeCategory.OtherNotAssigned;
+            or UnicodeCategory.PrivateUse or UnicodeCategory.OtherNotAssigned || Unicode14.IsUnassigned(r.Value);
     }
 
     // BasicTokenizer._is_whitespace: space, \t, \n, \r or category Zs.
@@ -130,9 +126,11 @@ internal static class ClipTextNormalizer
             or (>= 0x2A700 and <= 0x2B73F) or (>= 0x2B740 and <= 0x2B81F) or (>= 0x2B820 and <= 0x2CEAF)
             or (>= 0xF900 and <= 0xFAFF) or (>= 0x2F800 and <= 0x2FA1F);
 
-    // Under IGNORECASE a set matches a character when any case variant of it is in the set; U+0345 (Mn) folds to ι.
-    private static bool IsLetter(Rune r) =>
-        Rune.IsLetter(r) || r.Value == 0x345;
+    private static bool IsLetter(Rune r) => Rune.IsLetter(r);
+
+    // Under IGNORECASE the regex module matches U+0345 (Mn, case-folds to ι) with none of the alternatives:
+    // not [\p{L}], and not the negated class either, so findall steps over it and the character is lost.
+    private static bool IsUnmatched(Rune r) => r.Value == 0x345;
 
     private static bool IsNumber(Rune r) => Rune.GetUnicodeCategory(r) is UnicodeCategory.DecimalDigitNumber
         or UnicodeCategory.LetterNumber or UnicodeCategory.OtherNumber;

@@ -171,6 +171,18 @@ public class TokenizerTests
     }
 
     [Fact]
+    public void UnicodePropertiesAreTheReferencesUnicode14()
+    {
+        // U+1FAE8 (Unicode 15) was unassigned for the reference's Python 3.11, so BasicTokenizer dropped it.
+        Assert.Equal("ab", ClipTextNormalizer.Clean("a\U0001FAE8b"));
+        Assert.Equal("a🫠b", ClipTextNormalizer.Clean("a🫠b")); // U+1FAE0 is Unicode 14: kept
+        // U+0345 matches no alternative of the pre-token regex under IGNORECASE and is skipped.
+        Assert.Equal(["gogh", "x"], ClipTextNormalizer.PreTokenize("gogh\u0345x"));
+        // Ⅻ is Cased (Other_Uppercase), so a Σ before it is not final.
+        Assert.Equal("σασⅻ", ClipTextNormalizer.PyLower("ΣΑΣⅫ"));
+    }
+
+    [Fact]
     public void PythonLowercaseRulesAreFollowed()
     {
         Assert.Equal("\u03BF\u03B4\u03BF\u03C2", ClipTextNormalizer.PyLower("ΟΔΟΣ")); // final sigma
