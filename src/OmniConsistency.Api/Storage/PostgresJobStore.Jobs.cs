@@ -35,7 +35,7 @@ public sealed partial class PostgresJobStore
 
         var inserted = await JobAsync(tx,
             "INSERT INTO jobs (id, owner, status, parameters, input_blob, idempotency_key, request_hash, webhook_url, webhook_events, base_url, created_at) " +
-            $"VALUES (@id, @owner, 'queued', @p, @in, @ik, @rh, @wu, @we, @base, @created) RETURNING {JobColumns()}",
+            $"VALUES (@id, @owner, 'queued', @p, @in, @ik, @rh, @wu, @we, @base, @created) RETURNING {StoreRows.JobColumns()}",
             Text("id", job.Id), Text("owner", job.Owner), Json("p", StoreJson.Write(job.Parameters)), Text("in", job.InputBlob),
             Text("ik", job.IdempotencyKey), Text("rh", job.RequestHash), Text("wu", job.WebhookUrl), TextArray("we", job.WebhookEvents),
             Text("base", job.BaseUrl), Time("created", job.CreatedAt));
@@ -61,7 +61,7 @@ public sealed partial class PostgresJobStore
             "UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, lease_owner = @w, lease_expires_at = @exp, started_at = @now, " +
             "queue_wait_ms = GREATEST(0, (EXTRACT(EPOCH FROM (@now - j.created_at)) * 1000)::bigint), " +
             "progress_phase = NULL, progress_step = NULL, progress_total = NULL " +
-            $"FROM next WHERE j.seq = next.seq RETURNING {JobColumns("j")}",
+            $"FROM next WHERE j.seq = next.seq RETURNING {StoreRows.JobColumns("j")}",
             Text("w", workerId), Time("exp", now + lease), Time("now", now));
         if (job is not null) ApplyEffects(tx, job, JobTransition.Started, now);
         return job;
@@ -92,29 +92,21 @@ public sealed partial class PostgresJobStore
         if (!completion.Status.IsTerminal()) throw new ArgumentException("A completion must be terminal.", nameof(completion));
         var job = await JobAsync(tx,
             "UPDATE jobs SET status = @s, finished_at = @now, lease_owner = NULL, lease_expires_at = NULL, result = @r, error = @e, " +
-            $"inference_ms = @ms, result_expires_at = @exp WHERE id = @id AND status = 'running' AND lease_owner = @w RETURNING {JobColumns()}",
+            $"inference_ms = @ms, result_expires_at = @exp WHERE id = @id AND status = 'running' AND lease_owner = @w RETURNING {StoreRows.JobColumns()}",
             Text("s", completion.Status.ToWire()), Time("now", now),
             Json("r", completion.Result is null ? null : StoreJson.Write(completion.Result)),
             Json("e", completion.Error is null ? null : StoreJson.Write(completion.Error)),
             Long("ms", completion.InferenceMs), Time("exp", now + _storage.ResultRetention), Text("id", id), Text("w", workerId));
-        if (job is not null) ApplyEffects(tx, job, TransitionOf(completion.Status), now);
+        if (job is not null) ApplyEffects(tx, job, StoreRows.TransitionOf(completion.Status), now);
         return job;
     }, ct);
-
-    private static JobTransition TransitionOf(JobStatus s) => s switch
-    {
-        JobStatus.Succeeded => JobTransition.Succeeded,
-        JobStatus.Failed => JobTransition.Failed,
-        JobStatus.Canceled => JobTransition.Canceled,
-        _ => throw new ArgumentOutOfRangeException(nameof(s)),
-    };
 
     public Task<bool> ReleaseAsync(string id, string workerId, DateTimeOffset now, CancellationToken ct) => WriteAsync(async tx =>
     {
         var job = await JobAsync(tx,
             "UPDATE jobs SET status = 'queued', attempts = GREATEST(attempts - 1, 0), lease_owner = NULL, lease_expires_at = NULL, " +
             "progress_phase = NULL, progress_step = NULL, progress_total = NULL WHERE id = @id AND status = 'running' AND lease_owner = @w " +
-            $"RETURNING {JobColumns()}",
+            $"RETURNING {StoreRows.JobColumns()}",
             Text("id", id), Text("w", workerId));
         if (job is null) return false;
         ApplyEffects(tx, job, JobTransition.Requeued, now);
@@ -131,12 +123,12 @@ public sealed partial class PostgresJobStore
         {
             case JobStatus.Queued:
                 var canceled = (await JobAsync(tx,
-                    $"UPDATE jobs SET status = 'canceled', finished_at = @now, cancel_requested = true, result_expires_at = @exp WHERE id = @id RETURNING {JobColumns()}",
+                    $"UPDATE jobs SET status = 'canceled', finished_at = @now, cancel_requested = true, result_expires_at = @exp WHERE id = @id RETURNING {StoreRows.JobColumns()}",
                     Time("now", now), Time("exp", now + _storage.ResultRetention), Text("id", id)))!;
                 ApplyEffects(tx, canceled, JobTransition.Canceled, now);
                 return new CancelResult(CancelOutcome.Canceled, canceled);
             case JobStatus.Running:
-                var marked = (await JobAsync(tx, $"UPDATE jobs SET cancel_requested = true WHERE id = @id RETURNING {JobColumns()}", Text("id", id)))!;
+                var marked = (await JobAsync(tx, $"UPDATE jobs SET cancel_requested = true WHERE id = @id RETURNING {StoreRows.JobColumns()}", Text("id", id)))!;
                 // The worker holding the job may be another process: tell it now rather than at its next heartbeat.
                 tx.Notify(PostgresNotifications.CancelRequested(id));
                 tx.Notify(PostgresNotifications.JobChanged(id));
@@ -150,7 +142,7 @@ public sealed partial class PostgresJobStore
     {
         // Rows locked by a renewing worker or another recoverer are skipped; they are looked at again next round.
         var stale = await JobsAsync(tx.Connection, tx.Transaction,
-            $"SELECT {JobColumns()} FROM jobs WHERE status = 'running' AND (@all OR lease_expires_at IS NULL OR lease_expires_at < @now) " +
+            $"SELECT {StoreRows.JobColumns()} FROM jobs WHERE status = 'running' AND (@all OR lease_expires_at IS NULL OR lease_expires_at < @now) " +
             "ORDER BY seq FOR UPDATE SKIP LOCKED",
             Bool("all", includeLiveLeases), Time("now", now));
 
@@ -163,7 +155,7 @@ public sealed partial class PostgresJobStore
             {
                 updated = await JobAsync(tx,
                     "UPDATE jobs SET status = 'canceled', finished_at = @now, lease_owner = NULL, lease_expires_at = NULL, result_expires_at = @exp " +
-                    $"WHERE id = @id RETURNING {JobColumns()}",
+                    $"WHERE id = @id RETURNING {StoreRows.JobColumns()}",
                     Text("id", job.Id), Time("now", now), Time("exp", now + _storage.ResultRetention));
                 transition = JobTransition.Canceled;
             }
@@ -173,7 +165,7 @@ public sealed partial class PostgresJobStore
                     $"The job was started {job.Attempts} times and each attempt was interrupted (service restart or lost worker); it will not be retried.");
                 updated = await JobAsync(tx,
                     "UPDATE jobs SET status = 'failed', finished_at = @now, lease_owner = NULL, lease_expires_at = NULL, error = @e, result_expires_at = @exp " +
-                    $"WHERE id = @id RETURNING {JobColumns()}",
+                    $"WHERE id = @id RETURNING {StoreRows.JobColumns()}",
                     Text("id", job.Id), Time("now", now), Json("e", StoreJson.Write(error)), Time("exp", now + _storage.ResultRetention));
                 transition = JobTransition.Failed;
             }
@@ -181,7 +173,7 @@ public sealed partial class PostgresJobStore
             {
                 updated = await JobAsync(tx,
                     "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, progress_phase = NULL, progress_step = NULL, " +
-                    $"progress_total = NULL WHERE id = @id RETURNING {JobColumns()}",
+                    $"progress_total = NULL WHERE id = @id RETURNING {StoreRows.JobColumns()}",
                     Text("id", job.Id));
                 transition = JobTransition.Requeued;
                 requeued = true;
@@ -200,7 +192,7 @@ public sealed partial class PostgresJobStore
         await using var cmd = Cmd(conn, null, "SELECT seq, job_id, type, data, created_at FROM job_events WHERE job_id = @j AND seq > @s ORDER BY seq LIMIT @m",
             Text("j", jobId), Long("s", afterSeq), Int("m", max));
         await using var r = await cmd.ExecuteReaderAsync(ct);
-        while (await r.ReadAsync(ct)) list.Add(new JobEvent(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), At(r, 4)));
+        while (await r.ReadAsync(ct)) list.Add(new JobEvent(r.GetInt64(0), r.GetString(1), r.GetString(2), r.GetString(3), r.GetFieldValue<DateTimeOffset>(4)));
         return (IReadOnlyList<JobEvent>)list;
     }, ct);
 

@@ -4,43 +4,13 @@ namespace OmniConsistency.Api.Storage;
 
 public sealed partial class PostgresJobStore
 {
-    private const string DeliveryColumns =
-        "id, job_id, event_type, url, payload, status, attempts, created_at, next_attempt_at, last_status_code, last_error, delivered_at";
+    private static WebhookDelivery ReadDelivery(NpgsqlDataReader r) => Rows.Delivery(r);
 
-    private static WebhookDelivery ReadDelivery(NpgsqlDataReader r) => new()
-    {
-        Id = r.GetString(0),
-        JobId = r.GetString(1),
-        EventType = r.GetString(2),
-        Url = r.GetString(3),
-        Payload = r.GetString(4),
-        Status = r.GetString(5) switch
-        {
-            "pending" => DeliveryStatus.Pending,
-            "delivered" => DeliveryStatus.Delivered,
-            "failed" => DeliveryStatus.Failed,
-            var s => throw new InvalidDataException($"Unknown delivery status '{s}'."),
-        },
-        Attempts = r.GetInt32(6),
-        CreatedAt = At(r, 7),
-        NextAttemptAt = At(r, 8),
-        LastStatusCode = r.IsDBNull(9) ? null : r.GetInt32(9),
-        LastError = StrOrNull(r, 10),
-        DeliveredAt = AtOrNull(r, 11),
-    };
-
-    private static string Wire(DeliveryStatus s) => s switch
-    {
-        DeliveryStatus.Pending => "pending",
-        DeliveryStatus.Delivered => "delivered",
-        DeliveryStatus.Failed => "failed",
-        _ => throw new ArgumentOutOfRangeException(nameof(s)),
-    };
 
     public Task<IReadOnlyList<WebhookDelivery>> GetDeliveriesAsync(string jobId, CancellationToken ct) => OnConnectionAsync(async conn =>
     {
         var list = new List<WebhookDelivery>();
-        await using var cmd = Cmd(conn, null, $"SELECT {DeliveryColumns} FROM webhook_deliveries WHERE job_id = @j ORDER BY created_at, id", Text("j", jobId));
+        await using var cmd = Cmd(conn, null, $"SELECT {StoreRows.DeliveryColumns} FROM webhook_deliveries WHERE job_id = @j ORDER BY created_at, id", Text("j", jobId));
         await using var r = await cmd.ExecuteReaderAsync(ct);
         while (await r.ReadAsync(ct)) list.Add(ReadDelivery(r));
         return (IReadOnlyList<WebhookDelivery>)list;
@@ -55,7 +25,7 @@ public sealed partial class PostgresJobStore
                              "WITH due AS (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= @now " +
                              "AND (lease_expires_at IS NULL OR lease_expires_at < @now) ORDER BY next_attempt_at LIMIT @m FOR UPDATE SKIP LOCKED) " +
                              "UPDATE webhook_deliveries d SET lease_owner = @o, lease_expires_at = @exp FROM due WHERE d.id = due.id " +
-                             $"RETURNING {string.Join(", ", DeliveryColumns.Split(", ").Select(c => "d." + c))}",
+                             $"RETURNING {string.Join(", ", StoreRows.DeliveryColumns.Split(", ").Select(c => "d." + c))}",
                              Time("now", now), Int("m", max), Text("o", dispatcherId), Time("exp", now + lease)))
             await using (var r = await cmd.ExecuteReaderAsync(ct))
                 while (await r.ReadAsync(ct)) list.Add(ReadDelivery(r));
@@ -69,7 +39,7 @@ public sealed partial class PostgresJobStore
         await using var cmd = Cmd(conn, null,
             "UPDATE webhook_deliveries SET status = @s, attempts = attempts + @n, next_attempt_at = COALESCE(@next, next_attempt_at), " +
             "last_status_code = @code, last_error = @err, delivered_at = @del, lease_owner = NULL, lease_expires_at = NULL WHERE id = @id",
-            Text("s", Wire(round.Status)), Int("n", round.AttemptsMade), Time("next", round.NextAttemptAt),
+            Text("s", StoreRows.Wire(round.Status)), Int("n", round.AttemptsMade), Time("next", round.NextAttemptAt),
             Int("code", round.LastStatusCode), Text("err", round.LastError),
             Time("del", round.Status == DeliveryStatus.Delivered ? round.At : null), Text("id", deliveryId));
         return await cmd.ExecuteNonQueryAsync(ct);

@@ -124,20 +124,10 @@ public sealed partial class PostgresJobStore : IJobStore
     private static NpgsqlParameter Time(string name, DateTimeOffset? value) =>
         new(name, NpgsqlDbType.TimestampTz) { Value = value is { } t ? t.ToUniversalTime() : DBNull.Value };
 
-    private static DateTimeOffset At(NpgsqlDataReader r, int i) => r.GetFieldValue<DateTimeOffset>(i);
-    private static DateTimeOffset? AtOrNull(NpgsqlDataReader r, int i) => r.IsDBNull(i) ? null : r.GetFieldValue<DateTimeOffset>(i);
-    private static string? StrOrNull(NpgsqlDataReader r, int i) => r.IsDBNull(i) ? null : r.GetString(i);
-    private static long? LongOrNull(NpgsqlDataReader r, int i) => r.IsDBNull(i) ? null : r.GetInt64(i);
-
-    private static readonly string[] JobColumnNames =
-    [
-        "id", "seq", "owner", "status", "parameters", "input_blob", "webhook_url", "webhook_events", "base_url", "created_at", "started_at",
-        "finished_at", "attempts", "lease_owner", "lease_expires_at", "cancel_requested", "progress_phase", "progress_step", "progress_total",
-        "result", "result_expired", "error", "queue_wait_ms", "inference_ms", "result_expires_at",
-    ];
-
-    /// <summary>The columns <see cref="ReadJob"/> reads, in its order (qualified with <paramref name="alias"/> where a join makes names ambiguous).</summary>
-    private static string JobColumns(string? alias = null) => string.Join(", ", JobColumnNames.Select(c => alias is null ? c : alias + "." + c));
+    // timestamptz, boolean and text[] columns.
+    private static readonly StoreRows Rows = new(
+        (r, i) => r.GetFieldValue<DateTimeOffset>(i), (r, i) => r.GetBoolean(i), (r, i) => r.GetFieldValue<string[]>(i));
+    private static string? StrOrNull(NpgsqlDataReader r, int i) => StoreRows.StrOrNull(r, i);
 
     /// <summary>Runs a statement that returns job rows (SELECT, or UPDATE/INSERT ... RETURNING) and reads them.</summary>
     private static async Task<List<JobRecord>> JobsAsync(NpgsqlConnection conn, NpgsqlTransaction? tx, string sql, params NpgsqlParameter[] args)
@@ -152,36 +142,11 @@ public sealed partial class PostgresJobStore : IJobStore
     private static async Task<JobRecord?> JobAsync(Tx tx, string sql, params NpgsqlParameter[] args) =>
         (await JobsAsync(tx.Connection, tx.Transaction, sql, args)).SingleOrDefault();
 
-    private static JobRecord ReadJob(NpgsqlDataReader r) => new()
-    {
-        Id = r.GetString(0),
-        Seq = r.GetInt64(1),
-        Owner = r.GetString(2),
-        Status = JobStatusNames.Parse(r.GetString(3)),
-        Parameters = StoreJson.Read<JobParameters>(r.GetString(4)),
-        InputBlob = r.GetString(5),
-        WebhookUrl = StrOrNull(r, 6),
-        WebhookEvents = r.GetFieldValue<string[]>(7),
-        BaseUrl = r.GetString(8),
-        CreatedAt = At(r, 9),
-        StartedAt = AtOrNull(r, 10),
-        FinishedAt = AtOrNull(r, 11),
-        Attempts = r.GetInt32(12),
-        LeaseOwner = StrOrNull(r, 13),
-        LeaseExpiresAt = AtOrNull(r, 14),
-        CancelRequested = r.GetBoolean(15),
-        Progress = r.IsDBNull(16) ? null : new JobProgress(r.GetString(16), r.GetInt32(17), r.GetInt32(18)),
-        Result = r.IsDBNull(19) ? null : StoreJson.Read<JobResultInfo>(r.GetString(19)),
-        ResultExpired = r.GetBoolean(20),
-        Error = r.IsDBNull(21) ? null : StoreJson.Read<JobError>(r.GetString(21)),
-        QueueWaitMs = LongOrNull(r, 22),
-        InferenceMs = LongOrNull(r, 23),
-        ResultExpiresAt = AtOrNull(r, 24),
-    };
+    private static JobRecord ReadJob(NpgsqlDataReader r) => Rows.Job(r);
 
     private static async Task<JobRecord?> FindJobAsync(NpgsqlConnection conn, NpgsqlTransaction? tx, string id, bool forUpdate = false)
     {
-        var found = await JobsAsync(conn, tx, $"SELECT {JobColumns()} FROM jobs WHERE id = @id{(forUpdate ? " FOR UPDATE" : "")}", Text("id", id));
+        var found = await JobsAsync(conn, tx, $"SELECT {StoreRows.JobColumns()} FROM jobs WHERE id = @id{(forUpdate ? " FOR UPDATE" : "")}", Text("id", id));
         return found.SingleOrDefault();
     }
 

@@ -86,17 +86,9 @@ public sealed partial class SqliteJobStore
             ("$ms", completion.InferenceMs), ("$exp", Ms(now + _storage.ResultRetention)), ("$id", id), ("$w", workerId));
         if (n == 0) return null;
         var job = LoadJob(conn, tx, id);
-        ApplyEffects(conn, tx, job, TransitionOf(completion.Status), now);
+        ApplyEffects(conn, tx, job, StoreRows.TransitionOf(completion.Status), now);
         return (JobRecord?)job;
     }, ct);
-
-    private static JobTransition TransitionOf(JobStatus s) => s switch
-    {
-        JobStatus.Succeeded => JobTransition.Succeeded,
-        JobStatus.Failed => JobTransition.Failed,
-        JobStatus.Canceled => JobTransition.Canceled,
-        _ => throw new ArgumentOutOfRangeException(nameof(s)),
-    };
 
     public Task<bool> ReleaseAsync(string id, string workerId, DateTimeOffset now, CancellationToken ct) => WriteAsync((conn, tx) =>
     {

@@ -4,43 +4,13 @@ namespace OmniConsistency.Api.Storage;
 
 public sealed partial class SqliteJobStore
 {
-    private const string DeliveryColumns =
-        "id, job_id, event_type, url, payload, status, attempts, created_at, next_attempt_at, last_status_code, last_error, delivered_at";
+    private static WebhookDelivery ReadDelivery(SqliteDataReader r) => Rows.Delivery(r);
 
-    private static WebhookDelivery ReadDelivery(SqliteDataReader r) => new()
-    {
-        Id = r.GetString(0),
-        JobId = r.GetString(1),
-        EventType = r.GetString(2),
-        Url = r.GetString(3),
-        Payload = r.GetString(4),
-        Status = r.GetString(5) switch
-        {
-            "pending" => DeliveryStatus.Pending,
-            "delivered" => DeliveryStatus.Delivered,
-            "failed" => DeliveryStatus.Failed,
-            var s => throw new InvalidDataException($"Unknown delivery status '{s}'."),
-        },
-        Attempts = r.GetInt32(6),
-        CreatedAt = At(r.GetInt64(7)),
-        NextAttemptAt = At(r.GetInt64(8)),
-        LastStatusCode = r.IsDBNull(9) ? null : r.GetInt32(9),
-        LastError = StrOrNull(r, 10),
-        DeliveredAt = AtOrNull(r, 11),
-    };
-
-    private static string Wire(DeliveryStatus s) => s switch
-    {
-        DeliveryStatus.Pending => "pending",
-        DeliveryStatus.Delivered => "delivered",
-        DeliveryStatus.Failed => "failed",
-        _ => throw new ArgumentOutOfRangeException(nameof(s)),
-    };
 
     public Task<IReadOnlyList<WebhookDelivery>> GetDeliveriesAsync(string jobId, CancellationToken ct) => ReadAsync(conn =>
     {
         var list = new List<WebhookDelivery>();
-        using var cmd = Cmd(conn, null, $"SELECT {DeliveryColumns} FROM webhook_deliveries WHERE job_id = $j ORDER BY created_at, id", ("$j", jobId));
+        using var cmd = Cmd(conn, null, $"SELECT {StoreRows.DeliveryColumns} FROM webhook_deliveries WHERE job_id = $j ORDER BY created_at, id", ("$j", jobId));
         using var r = cmd.ExecuteReader();
         while (r.Read()) list.Add(ReadDelivery(r));
         return (IReadOnlyList<WebhookDelivery>)list;
@@ -51,7 +21,7 @@ public sealed partial class SqliteJobStore
         {
             var list = new List<WebhookDelivery>();
             using (var cmd = Cmd(conn, tx,
-                       $"SELECT {DeliveryColumns} FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $now " +
+                       $"SELECT {StoreRows.DeliveryColumns} FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $now " +
                        "AND (lease_expires_at IS NULL OR lease_expires_at < $now) ORDER BY next_attempt_at LIMIT $m",
                        ("$now", Ms(now)), ("$m", max)))
             using (var r = cmd.ExecuteReader())
@@ -66,7 +36,7 @@ public sealed partial class SqliteJobStore
         Exec(conn, tx,
             "UPDATE webhook_deliveries SET status = $s, attempts = attempts + $n, next_attempt_at = COALESCE($next, next_attempt_at), " +
             "last_status_code = $code, last_error = $err, delivered_at = $del, lease_owner = NULL, lease_expires_at = NULL WHERE id = $id",
-            ("$s", Wire(round.Status)), ("$n", round.AttemptsMade), ("$next", round.NextAttemptAt is { } t ? Ms(t) : null),
+            ("$s", StoreRows.Wire(round.Status)), ("$n", round.AttemptsMade), ("$next", round.NextAttemptAt is { } t ? Ms(t) : null),
             ("$code", round.LastStatusCode), ("$err", round.LastError),
             ("$del", round.Status == DeliveryStatus.Delivered ? Ms(round.At) : null), ("$id", deliveryId)), ct);
 }

@@ -166,45 +166,16 @@ public sealed partial class SqliteJobStore : IJobStore, IDisposable
 
     private static long Ms(DateTimeOffset t) => t.ToUnixTimeMilliseconds();
     private static DateTimeOffset At(long ms) => DateTimeOffset.FromUnixTimeMilliseconds(ms);
-    private static DateTimeOffset? AtOrNull(SqliteDataReader r, int i) => r.IsDBNull(i) ? null : At(r.GetInt64(i));
-    private static string? StrOrNull(SqliteDataReader r, int i) => r.IsDBNull(i) ? null : r.GetString(i);
-    private static long? LongOrNull(SqliteDataReader r, int i) => r.IsDBNull(i) ? null : r.GetInt64(i);
+    private static string? StrOrNull(SqliteDataReader r, int i) => StoreRows.StrOrNull(r, i);
+    // Unix milliseconds, 0/1 integers and comma-separated text.
+    private static readonly StoreRows Rows = new(
+        (r, i) => At(r.GetInt64(i)), (r, i) => r.GetInt64(i) != 0, (r, i) => r.GetString(i).Split(',', StringSplitOptions.RemoveEmptyEntries));
 
-    private const string JobColumns =
-        "id, seq, owner, status, parameters, input_blob, webhook_url, webhook_events, base_url, created_at, started_at, " +
-        "finished_at, attempts, lease_owner, lease_expires_at, cancel_requested, progress_phase, progress_step, progress_total, " +
-        "result, result_expired, error, queue_wait_ms, inference_ms, result_expires_at";
-
-    private static JobRecord ReadJob(SqliteDataReader r) => new()
-    {
-        Id = r.GetString(0),
-        Seq = r.GetInt64(1),
-        Owner = r.GetString(2),
-        Status = JobStatusNames.Parse(r.GetString(3)),
-        Parameters = StoreJson.Read<JobParameters>(r.GetString(4)),
-        InputBlob = r.GetString(5),
-        WebhookUrl = StrOrNull(r, 6),
-        WebhookEvents = r.GetString(7).Split(',', StringSplitOptions.RemoveEmptyEntries),
-        BaseUrl = r.GetString(8),
-        CreatedAt = At(r.GetInt64(9)),
-        StartedAt = AtOrNull(r, 10),
-        FinishedAt = AtOrNull(r, 11),
-        Attempts = r.GetInt32(12),
-        LeaseOwner = StrOrNull(r, 13),
-        LeaseExpiresAt = AtOrNull(r, 14),
-        CancelRequested = r.GetInt64(15) != 0,
-        Progress = r.IsDBNull(16) ? null : new JobProgress(r.GetString(16), r.GetInt32(17), r.GetInt32(18)),
-        Result = r.IsDBNull(19) ? null : StoreJson.Read<JobResultInfo>(r.GetString(19)),
-        ResultExpired = r.GetInt64(20) != 0,
-        Error = r.IsDBNull(21) ? null : StoreJson.Read<JobError>(r.GetString(21)),
-        QueueWaitMs = LongOrNull(r, 22),
-        InferenceMs = LongOrNull(r, 23),
-        ResultExpiresAt = AtOrNull(r, 24),
-    };
+    private static JobRecord ReadJob(SqliteDataReader r) => Rows.Job(r);
 
     private static JobRecord? FindJob(SqliteConnection conn, SqliteTransaction? tx, string id)
     {
-        using var cmd = Cmd(conn, tx, $"SELECT {JobColumns} FROM jobs WHERE id = $id", ("$id", id));
+        using var cmd = Cmd(conn, tx, $"SELECT {StoreRows.JobColumns()} FROM jobs WHERE id = $id", ("$id", id));
         using var r = cmd.ExecuteReader();
         return r.Read() ? ReadJob(r) : null;
     }
