@@ -45,7 +45,7 @@ public sealed class GoldenStyleLoras : IDisposable
             var targets = new LoraTargetModules(model);
             double loraScale = c.Params.TryGetProperty("lora_scale", out var ls) && ls.ValueKind == JsonValueKind.Number ? ls.GetDouble() : 1.0;
             var set = new LoraAdapterSet(loraScale);
-            foreach (var entry in c.Loras.Where(l => l.TryGetProperty("role", out var r) && r.GetString() == "style"))
+            foreach (var entry in c.Loras.Where(l => (l.TryGetProperty("role", out var r) ? r.GetString() : "style") == "style"))
             {
                 var adapter = LoraLoader.Load(c.RootPath(entry.GetProperty("path").GetString()!), new LoraModelTargets(targets.Shapes), model.DType, model.Device);
                 result._adapters.Add(adapter);

@@ -24,7 +24,7 @@ public static class VaeManifestCheck
         {
             case "diffusers": CheckDiffusers(c); break;
             case "bfl": CheckBfl(c); break;
-            default: throw new GoldenCaseNotSupportedException($"VAE manifest layout '{layout}' is not known to the VAE checker");
+            default: throw new InvalidDataException($"VAE manifest layout '{layout}' is not known to the VAE checker");
         }
     }
 
