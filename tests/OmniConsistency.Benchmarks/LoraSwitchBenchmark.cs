@@ -20,7 +20,7 @@ public sealed class LoraSwitchBenchmark : IBenchmark
     public string Name => "lora-switch";
     public string Description => "style switch (cache hit vs disk) and per-step cost of run-time vs merged LoRA (mid-size FLUX)";
 
-    private const long Inner = 384, Mlp = 4 * Inner, InChannels = 64, Joint = 4096, Pooled = 768;
+    private const long Inner = 384, InChannels = 64, Joint = 4096, Pooled = 768;
     private const int Doubles = 2, Singles = 4, Rank = 16;
 
     public void Run(string[] args)
@@ -138,12 +138,7 @@ public sealed class LoraSwitchBenchmark : IBenchmark
 
     private static FluxTransformer2DModel MidSizeFlux(ScalarType dtype)
     {
-        var config = new FluxTransformerConfig
-        {
-            NumLayers = Doubles, NumSingleLayers = Singles, NumAttentionHeads = (int)(Inner / 128), AttentionHeadDim = 128,
-            JointAttentionDim = (int)Joint, PooledProjectionDim = (int)Pooled, GuidanceEmbeds = true, InChannels = (int)InChannels, OutChannels = (int)InChannels,
-        };
-        var model = new FluxTransformer2DModel(config, new ParameterFactory(dtype, CPU));
+        var model = new FluxTransformer2DModel(MidSizeConfig(), new ParameterFactory(dtype, CPU));
         var g = new Generator(3);
         using var scope = NewDisposeScope();
         foreach (var (name, p) in model.named_parameters())
@@ -153,6 +148,12 @@ public sealed class LoraSwitchBenchmark : IBenchmark
         }
         return model;
     }
+
+    private static FluxTransformerConfig MidSizeConfig() => new()
+    {
+        NumLayers = Doubles, NumSingleLayers = Singles, NumAttentionHeads = (int)(Inner / 128), AttentionHeadDim = 128,
+        JointAttentionDim = (int)Joint, PooledProjectionDim = (int)Pooled, GuidanceEmbeds = true, InChannels = (int)InChannels, OutChannels = (int)InChannels,
+    };
 
     private static FluxTransformerInputs Inputs(long imageTokens, long textTokens, ScalarType dtype)
     {
@@ -175,39 +176,11 @@ public sealed class LoraSwitchBenchmark : IBenchmark
         return i >= 0 && i + 1 < args.Length && long.TryParse(args[i + 1], out var v) ? v : fallback;
     }
 
-    /// <summary>The Linear layers of FLUX in diffusers naming for the mid-size config (spec §6.2).</summary>
+    /// <summary>The Linear layers of the mid-size FLUX in diffusers naming, read off the model built on the meta device.</summary>
     public static Dictionary<string, LinearShape> MidSizeShapes()
     {
-        long d = Inner, m = Mlp;
-        var s = new Dictionary<string, LinearShape>(StringComparer.Ordinal)
-        {
-            ["x_embedder"] = new(InChannels, d), ["context_embedder"] = new(Joint, d),
-            ["time_text_embed.timestep_embedder.linear_1"] = new(256, d), ["time_text_embed.timestep_embedder.linear_2"] = new(d, d),
-            ["time_text_embed.guidance_embedder.linear_1"] = new(256, d), ["time_text_embed.guidance_embedder.linear_2"] = new(d, d),
-            ["time_text_embed.text_embedder.linear_1"] = new(Pooled, d), ["time_text_embed.text_embedder.linear_2"] = new(d, d),
-            ["norm_out.linear"] = new(d, 2 * d), ["proj_out"] = new(d, InChannels),
-        };
-        for (int n = 0; n < Doubles; n++)
-        {
-            var p = $"transformer_blocks.{n}.";
-            s[p + "norm1.linear"] = new(d, 6 * d);
-            s[p + "norm1_context.linear"] = new(d, 6 * d);
-            foreach (var q in new[] { "to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out" }) s[p + "attn." + q] = new(d, d);
-            foreach (var ff in new[] { "ff", "ff_context" })
-            {
-                s[$"{p}{ff}.net.0.proj"] = new(d, m);
-                s[$"{p}{ff}.net.2"] = new(m, d);
-            }
-        }
-        for (int n = 0; n < Singles; n++)
-        {
-            var p = $"single_transformer_blocks.{n}.";
-            s[p + "norm.linear"] = new(d, 3 * d);
-            foreach (var q in new[] { "to_q", "to_k", "to_v" }) s[p + "attn." + q] = new(d, d);
-            s[p + "proj_mlp"] = new(d, m);
-            s[p + "proj_out"] = new(d + m, d);
-        }
-        return s;
+        using var meta = new FluxTransformer2DModel(MidSizeConfig(), ParameterFactory.Meta(ScalarType.Float32));
+        return new LoraTargetModules(meta).Shapes.Shapes.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
     }
 
     /// <summary>A diffusers-format LoRA on every block Linear (what ai-toolkit/kohya FLUX LoRAs cover).</summary>
