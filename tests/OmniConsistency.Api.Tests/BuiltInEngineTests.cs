@@ -1,7 +1,5 @@
 using System.Diagnostics;
 using System.Net;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.Configuration;
 using SixLabors.ImageSharp;
 
 namespace OmniConsistency.Api.Tests;
@@ -12,33 +10,20 @@ namespace OmniConsistency.Api.Tests;
 /// </summary>
 public sealed class BuiltInEngineTests(ITestOutputHelper output) : IAsyncLifetime
 {
-    private WebApplication _app = null!;
+    private ServiceHost _host = null!;
     private HttpClient _client = null!;
 
     public async ValueTask InitializeAsync()
     {
-        var settings = ServiceHost.DefaultSettings(ServiceHost.NewDataDirectory());
-        var builder = ServiceApp.CreateBuilder([], config => config.AddInMemoryCollection(settings));
-        builder.Environment.EnvironmentName = "Testing";
-        _app = ServiceApp.Build(builder);
-        await _app.StartAsync();
-        var baseAddress = new Uri(_app.Urls.First(u => u.StartsWith("http://127.0.0.1", StringComparison.Ordinal)) + "/");
-        _client = new HttpClient { BaseAddress = baseAddress, Timeout = TimeSpan.FromMinutes(2) };
-        var deadline = DateTime.UtcNow.AddMinutes(2);
-        while (true)
-        {
-            using var r = await _client.GetAsync("readyz");
-            if (r.IsSuccessStatusCode) break;
-            if (DateTime.UtcNow > deadline) throw new TimeoutException("The built-in engine did not become ready: " + await r.Content.ReadAsStringAsync());
-            await Task.Delay(100);
-        }
+        _host = await ServiceHost.StartAsync(useBuiltInEngine: true);
+        _client = _host.NewClient();
+        _client.Timeout = TimeSpan.FromMinutes(2);
     }
 
     public async ValueTask DisposeAsync()
     {
         _client.Dispose();
-        await _app.StopAsync();
-        await _app.DisposeAsync();
+        await _host.DisposeAsync();
     }
 
     private async Task<string> SubmitAsync(int size, int steps, string? style = "demo-style")
