@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using System.Net;
 using SixLabors.ImageSharp;
+using Microsoft.Extensions.DependencyInjection;
+using OmniConsistency.Inference.Pipelines;
 
 namespace OmniConsistency.Api.Tests;
 
@@ -73,15 +75,19 @@ public sealed class BuiltInEngineTests(ITestOutputHelper output) : IAsyncLifetim
     [Trait("Category", "Memory")]
     public async Task Native_memory_stays_flat_over_many_jobs()
     {
-        // 256x256 jobs: a leaked latent, condition or image tensor per job would cost >= 0.25 MB each time, so a leak
-        // shows as steady growth; allocator pools and caches only grow until they plateau (measured: they settle within
-        // the first few dozen jobs), hence a warm-up and two equal segments, of which the second must be flat.
+        // Two measures. Exact: every generation must leave no live TorchSharp tensor behind on its thread (the engine
+        // counts them), which catches a leak of even one small tensor per job. Coarse: the process working set, which
+        // catches native leaks outside TorchSharp's bookkeeping (image buffers, LoRA copies) once they are large.
+        // Allocator pools and caches grow until they plateau (measured: within the first few dozen jobs, sometimes
+        // into the second segment), hence a warm-up and two equal segments, of which the last must be flat.
+        var engine = Assert.IsType<StylizationEngine>(_host.Services.GetRequiredService<IStylizationEngine>());
         async Task<long> RunJobs(int n)
         {
             for (int i = 0; i < n; i++)
             {
                 var id = await SubmitAsync(256, 1, style: i % 2 == 0 ? "demo-style" : null);
                 Assert.Equal("succeeded", (await _client.WaitForTerminalAsync(id, TimeSpan.FromMinutes(1))).Status());
+                Assert.Equal(0, engine.LastGenerationLiveTensorDelta);
             }
             GC.Collect();
             GC.WaitForPendingFinalizers();
@@ -96,9 +102,10 @@ public sealed class BuiltInEngineTests(ITestOutputHelper output) : IAsyncLifetim
         long end = await RunJobs(segment);
         double lastMb = (end - mid) / 1048576.0, totalMb = (end - warm) / 1048576.0;
         output.WriteLine($"working set after warm-up {warm / 1048576} MB, +{segment} jobs {mid / 1048576} MB, +{segment} jobs {end / 1048576} MB");
-        // Measured noise after malloc_trim is about ±60 MB between samples on a loaded 2-core machine; a leak of one
-        // 256x256 image tensor per job would add ~0.8 MB per job. The engine-level tests check exact tensor counts.
-        Assert.True(lastMb < 64 && totalMb < 96,
+        // Measured noise after malloc_trim is about ±60 MB between samples on a loaded 2-core machine, and the pools
+        // have been seen to add ~100 MB over the first 30 jobs after warm-up before settling (CI: 522 -> 627 -> 621 MB).
+        // A leaked 256x256 VAE activation (>= 8 MB per job) would add >= 240 MB per segment and fail both bounds.
+        Assert.True(lastMb < 64 && totalMb < 192,
             $"working set grew: {warm / 1048576} -> {mid / 1048576} -> {end / 1048576} MB over 2 x {segment} jobs");
     }
 }
