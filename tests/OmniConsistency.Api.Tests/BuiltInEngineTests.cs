@@ -1,8 +1,5 @@
-using System.Diagnostics;
 using System.Net;
 using SixLabors.ImageSharp;
-using Microsoft.Extensions.DependencyInjection;
-using OmniConsistency.Inference.Pipelines;
 
 namespace OmniConsistency.Api.Tests;
 
@@ -10,7 +7,7 @@ namespace OmniConsistency.Api.Tests;
 /// The service exactly as the README's run command starts it — no engine override, so it creates and serves the
 /// built-in random-weight model — driven over HTTP on loopback.
 /// </summary>
-public sealed class BuiltInEngineTests(ITestOutputHelper output) : IAsyncLifetime
+public sealed class BuiltInEngineTests : IAsyncLifetime
 {
     private ServiceHost _host = null!;
     private HttpClient _client = null!;
@@ -28,15 +25,7 @@ public sealed class BuiltInEngineTests(ITestOutputHelper output) : IAsyncLifetim
         await _host.DisposeAsync();
     }
 
-    private async Task<string> SubmitAsync(int size, int steps, string? style = "demo-style")
-    {
-        var fields = new List<(string, string)> { ("width", $"{size}"), ("height", $"{size}"), ("steps", $"{steps}"), ("condSize", "64"), ("seed", "7") };
-        if (style is not null) fields.Add(("style", style));
-        using var response = await _client.PostAsync("v1/stylizations", Api.Form(TestImages.Png(), fields.ToArray()));
-        var job = await response.Json();
-        Assert.True(response.StatusCode == HttpStatusCode.Accepted, job.ToString());
-        return job.Id();
-    }
+    private Task<string> SubmitAsync(int size, int steps, string? style = "demo-style") => _client.SubmitBuiltInAsync(size, steps, style);
 
     [Fact]
     public async Task Built_in_model_serves_a_real_stylization_end_to_end()
@@ -61,51 +50,18 @@ public sealed class BuiltInEngineTests(ITestOutputHelper output) : IAsyncLifetim
         var second = await (await _client.GetAsync($"v1/stylizations/{again}/result")).Content.ReadAsByteArrayAsync();
         Assert.Equal(first, second);
     }
+}
 
-    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")]
-    private static extern int MallocTrim(nuint pad);
-
-    /// <summary>Returns glibc's free arena memory to the OS so the working set reflects live allocations, not pooling.</summary>
-    private static void TrimNativeHeap()
+public static class BuiltInJobs
+{
+    /// <summary>Submits a stylization of the test image to the built-in model and returns the accepted job's id.</summary>
+    public static async Task<string> SubmitBuiltInAsync(this HttpClient client, int size, int steps, string? style = "demo-style")
     {
-        if (OperatingSystem.IsLinux()) MallocTrim(0);
-    }
-
-    [Fact]
-    [Trait("Category", "Memory")]
-    public async Task Native_memory_stays_flat_over_many_jobs()
-    {
-        // Two measures. Exact: every generation must leave no live TorchSharp tensor behind on its thread (the engine
-        // counts them), which catches a leak of even one small tensor per job. Coarse: the process working set, which
-        // catches native leaks outside TorchSharp's bookkeeping (image buffers, LoRA copies) once they are large.
-        // Allocator pools and caches grow until they plateau (measured: within the first few dozen jobs, sometimes
-        // into the second segment), hence a warm-up and two equal segments, of which the last must be flat.
-        var engine = Assert.IsType<StylizationEngine>(_host.Services.GetRequiredService<IStylizationEngine>());
-        async Task<long> RunJobs(int n)
-        {
-            for (int i = 0; i < n; i++)
-            {
-                var id = await SubmitAsync(256, 1, style: i % 2 == 0 ? "demo-style" : null);
-                Assert.Equal("succeeded", (await _client.WaitForTerminalAsync(id, TimeSpan.FromMinutes(1))).Status());
-                Assert.Equal(0, engine.LastGenerationLiveTensorDelta);
-            }
-            GC.Collect();
-            GC.WaitForPendingFinalizers();
-            TrimNativeHeap();
-            output.WriteLine($"managed heap {GC.GetTotalMemory(true) / 1048576} MB, working set {Process.GetCurrentProcess().WorkingSet64 / 1048576} MB");
-            return Process.GetCurrentProcess().WorkingSet64;
-        }
-
-        int segment = int.TryParse(Environment.GetEnvironmentVariable("OMNI_MEMORY_JOBS"), out var n) ? n : 30;
-        long warm = await RunJobs(segment);
-        long mid = await RunJobs(segment);
-        long end = await RunJobs(segment);
-        double lastMb = (end - mid) / 1048576.0, totalMb = (end - warm) / 1048576.0;
-        output.WriteLine($"working set after warm-up {warm / 1048576} MB, +{segment} jobs {mid / 1048576} MB, +{segment} jobs {end / 1048576} MB");
-        // Measured noise after malloc_trim is about ±60 MB between samples on a loaded 2-core machine, and the pools
-        // have been seen to add ~100 MB over the first 30 jobs after warm-up before settling (CI: 522 -> 627 -> 621 MB).
-        // A leaked 256x256 VAE activation (>= 8 MB per job) would add >= 240 MB per segment and fail both bounds.
-        Assert.True(lastMb < 64 && totalMb < 192,
-            $"working set grew: {warm / 1048576} -> {mid / 1048576} -> {end / 1048576} MB over 2 x {segment} jobs");
+        var fields = new List<(string, string)> { ("width", $"{size}"), ("height", $"{size}"), ("steps", $"{steps}"), ("condSize", "64"), ("seed", "7") };
+        if (style is not null) fields.Add(("style", style));
+        using var response = await client.PostAsync("v1/stylizations", Api.Form(TestImages.Png(), fields.ToArray()));
+        var job = await response.Json();
+        Assert.True(response.StatusCode == HttpStatusCode.Accepted, job.ToString());
+        return job.Id();
     }
 }
