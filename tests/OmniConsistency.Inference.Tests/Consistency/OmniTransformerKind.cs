@@ -22,12 +22,17 @@ public sealed class OmniTransformerKind : IGoldenKindRunner
         using var styles = GoldenStyleLoras.Attach(c, model, styleMode);
         var condLatents = c.Input("cond_latents");
         long conditionTokens = condLatents.shape[1];
-        if (loraEntry?.CondSize is int cs && (cs / 16) * (cs / 16) != conditionTokens)
-            throw new InvalidOperationException($"cond_size {cs} does not give the {conditionTokens} condition tokens of the inputs");
+        GoldenConsistencyLora.RequireConditionTokens(c, loraEntry, conditionTokens);
         var text = c.Input("encoder_hidden_states");
         var pooled = c.Input("pooled_projections");
         var guidance = c.Input("guidance");
         var textIds = c.Input("txt_ids");
+        GoldenParamChecks.RequireEqual(c, "batch", condLatents.shape[0]);
+        GoldenParamChecks.RequireEqual(c, "txt_len", text.shape[1]);
+        GoldenParamChecks.RequireImageTokens(c, c.Input("latents_step1").shape[1]);
+        // The warm-up always runs at t = 0 (ConditionBranch.Warmup), as upstream's pipeline does.
+        if (c.HasInput("timestep_warmup") && !c.Input("timestep_warmup").eq(0).all().item<bool>())
+            throw new InvalidOperationException("timestep_warmup is not all zeros; the warm-up pass runs at t = 0");
 
         using var capture = new TensorCapture("debug.");
         var warmup = ConditionBranch.Warmup(model, lora,
@@ -40,6 +45,10 @@ public sealed class OmniTransformerKind : IGoldenKindRunner
 
         // The step's img_ids are [noise ids; condition ids]; the bank already carries the condition positions.
         var imageIds = c.Input("img_ids");
+        long noiseTokens = c.Input("latents_step1").shape[1];
+        if (imageIds.shape[0] != noiseTokens + conditionTokens
+            || !imageIds.narrow(0, noiseTokens, conditionTokens).allclose(c.Input("cond_img_ids"), rtol: 0, atol: 1e-6))
+            throw new InvalidOperationException("img_ids is not [noise ids; cond_img_ids]: the step's condition positions would differ from the bank's");
         foreach (var step in new[] { "step1", "step2" })
         {
             var latents = c.Input($"latents_{step}");

@@ -1,3 +1,4 @@
+using System.Text.Json;
 using OmniConsistency.Inference.Imaging;
 using OmniConsistency.Inference.Pipelines;
 using OmniConsistency.Inference.Tests.Consistency;
@@ -32,6 +33,9 @@ public sealed class PipelineE2EKind : IGoldenKindRunner
 
         int condSize = p.GetProperty("cond_size").GetInt32();
         if (consistency.CondSize is int cs && cs != condSize) throw new InvalidOperationException($"cond_size {cs} of the LoRA entry differs from the call's {condSize}");
+        int side = ConditionImage.SquareSize(condSize) / 16;
+        GoldenConsistencyLora.RequireConditionTokens(c, consistency, (long)side * side);
+        RequireCallShape(c, consistency);
         var png = File.ReadAllBytes(Path.Combine(c.Dir, p.GetProperty("files").GetProperty("condition_png").GetString()!));
         var photo = new ImageCodec().Decode(png);
         var condition = ConditionImage.Prepare(photo, condSize, ConditionFit.Stretch);
@@ -54,5 +58,31 @@ public sealed class PipelineE2EKind : IGoldenKindRunner
         var produced = capture.Tensors.ToDictionary(kv => kv.Key, kv => kv.Value.clone());
         produced["image"] = output.Image.clone();
         return produced;
+    }
+
+    /// <summary>
+    /// The call parameters this runner takes from elsewhere (the loras entries) or cannot vary must agree with them:
+    /// one image per prompt, exactly one spatial image and no subject images, omni_lora_weights = the consistency
+    /// entry's lora_weights, style_lora_scale = the style entry's scale.
+    /// </summary>
+    private static void RequireCallShape(GoldenCase c, GoldenConsistencyLora consistency)
+    {
+        var p = c.Params;
+        if (p.TryGetProperty("num_images_per_prompt", out var n) && n.ValueKind == JsonValueKind.Number && n.GetInt32() != 1)
+            throw new GoldenCaseNotSupportedException($"num_images_per_prompt {n.GetInt32()} (upstream runs batch 1 only)");
+        if (p.TryGetProperty("spatial_images", out var spatial) && spatial.ValueKind == JsonValueKind.Array && spatial.GetArrayLength() != 1)
+            throw new GoldenCaseNotSupportedException($"{spatial.GetArrayLength()} spatial images (OmniConsistency passes exactly one)");
+        if (p.TryGetProperty("subject_images", out var subject) && subject.ValueKind == JsonValueKind.Array && subject.GetArrayLength() != 0)
+            throw new GoldenCaseNotSupportedException("subject images (the EasyControl subject branch is not implemented)");
+        if (p.TryGetProperty("omni_lora_weights", out var ow) && ow.ValueKind == JsonValueKind.Array
+            && !ow.EnumerateArray().Select(e => e.GetDouble()).SequenceEqual([consistency.Weight]))
+            throw new InvalidOperationException($"params.omni_lora_weights {ow} differ from the consistency entry's lora_weights [{consistency.Weight}]");
+        if (p.TryGetProperty("style_lora_scale", out var ss) && ss.ValueKind == JsonValueKind.Number)
+        {
+            var styleScales = c.Loras.Where(l => l.TryGetProperty("role", out var r) && r.GetString() == "style")
+                .Select(l => l.TryGetProperty("scale", out var s) && s.ValueKind == JsonValueKind.Number ? s.GetDouble() : 1.0).ToList();
+            if (styleScales.Count == 0 || styleScales.Any(s => s != ss.GetDouble()))
+                throw new InvalidOperationException($"params.style_lora_scale {ss.GetDouble()} differs from the style entries' scales [{string.Join(", ", styleScales)}]");
+        }
     }
 }
