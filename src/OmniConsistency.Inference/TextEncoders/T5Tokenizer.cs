@@ -7,8 +7,8 @@ namespace OmniConsistency.Inference.TextEncoders;
 /// FLUX's T5 tokenizer: transformers' slow <c>T5Tokenizer</c> (legacy=True) called with
 /// <c>padding="max_length", max_length=L, truncation=True</c>. The text is split at the added tokens
 /// (<c>&lt;/s&gt;</c>, <c>&lt;pad&gt;</c>, <c>&lt;unk&gt;</c>, <c>&lt;extra_id_N&gt;</c>), each other piece is encoded by the
-/// SentencePiece Unigram model (Microsoft.ML.Tokenizers' <see cref="SentencePieceTokenizer"/>: nmt_nfkc normaliser,
-/// dummy prefix, Viterbi), <c>&lt;/s&gt;</c> is appended unless the ids already end with it, truncation keeps
+/// SentencePiece Unigram model (the model's nmt_nfkc normaliser, dummy prefix and whitespace rules in
+/// <see cref="SentencePieceTextNormalizer"/>, then Microsoft.ML.Tokenizers' <see cref="SentencePieceTokenizer"/> Viterbi), <c>&lt;/s&gt;</c> is appended unless the ids already end with it, truncation keeps
 /// L-1 tokens, and padding fills with the pad id.
 /// </summary>
 public sealed class T5Tokenizer : IPromptTokenizer
@@ -19,12 +19,15 @@ public sealed class T5Tokenizer : IPromptTokenizer
     private static readonly byte[] BosWorkaround = [0x12, 0x0B, 0xC8, 0x02, 0x00, 0xF2, 0x02, 0x05, 0x3C, 0x70, 0x61, 0x64, 0x3E];
 
     private readonly SentencePieceTokenizer _sp;
+    private readonly SentencePieceTextNormalizer _normalizer;
     private readonly IReadOnlyList<AddedToken> _addedTokens;
     private readonly Dictionary<long, AddedToken> _addedById;
 
-    private T5Tokenizer(SentencePieceTokenizer sp, IReadOnlyList<AddedToken> addedTokens, long eosId, long padId, int maxLength)
+    private T5Tokenizer(SentencePieceTokenizer sp, SentencePieceTextNormalizer normalizer, IReadOnlyList<AddedToken> addedTokens,
+        long eosId, long padId, int maxLength)
     {
         _sp = sp;
+        _normalizer = normalizer;
         _addedTokens = addedTokens;
         _addedById = addedTokens.GroupBy(t => t.Id).ToDictionary(g => g.Key, g => g.First());
         EosId = eosId;
@@ -43,9 +46,9 @@ public sealed class T5Tokenizer : IPromptTokenizer
         var modelPath = Path.Combine(folder, "spiece.model");
         if (!File.Exists(modelPath)) throw new TokenizerFormatException(modelPath, "SentencePiece model file not found");
         SentencePieceTokenizer sp;
+        var bytes = File.ReadAllBytes(modelPath);
         try
         {
-            var bytes = File.ReadAllBytes(modelPath);
             using var stream = new MemoryStream(bytes.Concat(BosWorkaround).ToArray());
             sp = SentencePieceTokenizer.Create(stream, false, false);
         }
@@ -53,6 +56,8 @@ public sealed class T5Tokenizer : IPromptTokenizer
         {
             throw new TokenizerFormatException(modelPath, $"cannot read the SentencePiece model ({e.Message})", e);
         }
+
+        var normalizer = SentencePieceTextNormalizer.FromModel(bytes, modelPath);
 
         string eos = "</s>", pad = "<pad>", unk = "<unk>";
         int maxLength = 512, extraIds = 100;
@@ -77,7 +82,7 @@ public sealed class T5Tokenizer : IPromptTokenizer
             ?? [new AddedToken(pad, PieceId(pad)), new AddedToken(eos, PieceId(eos)), new AddedToken(unk, PieceId(unk)),
                 .. Enumerable.Range(0, extraIds).Select(i => new AddedToken($"<extra_id_{i}>", vocabSize - 1 + extraIds - i, true, true))];
         long AddedId(string content) => added.FirstOrDefault(t => t.Content == content)?.Id ?? PieceId(content);
-        return new T5Tokenizer(sp, added, AddedId(eos), AddedId(pad), maxLength);
+        return new T5Tokenizer(sp, normalizer, added, AddedId(eos), AddedId(pad), maxLength);
     }
 
     public TokenizationResult Encode(string text, int? maxLength = null)
@@ -117,7 +122,13 @@ public sealed class T5Tokenizer : IPromptTokenizer
         foreach (var piece in AddedTokens.Split(text, _addedTokens))
         {
             if (piece.Token is not null) ids.Add(piece.Token.Id);
-            else AppendMergingUnknowns(ids, _sp.EncodeToIds(piece.Text, addBeginningOfSentence: false, addEndOfSentence: false));
+            else
+            {
+                var normalized = _normalizer.Normalize(piece.Text);
+                if (normalized.Length > 0)
+                    AppendMergingUnknowns(ids, _sp.EncodeToIds(normalized, addBeginningOfSentence: false, addEndOfSentence: false,
+                        considerPreTokenization: false, considerNormalization: false));
+            }
         }
         return ids;
     }

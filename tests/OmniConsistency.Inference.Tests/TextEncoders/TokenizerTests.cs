@@ -214,4 +214,57 @@ public class TokenizerTests
         File.WriteAllText(Path.Combine(empty, "spiece.model"), "not a model");
         Assert.Throws<TokenizerFormatException>(() => T5Tokenizer.Load(empty));
     }
+    // Expected ids below come from an independent Python port of sentencepiece 0.1.97 (normalizer.cc Normalize /
+    // NormalizePrefix over the precompiled_charsmap read from spiece.model, unigram EncodeOptimized in float32, unknown
+    // runs merged) wrapped in T5Tokenizer's added-token split; the port reproduces every public tokenize_t5* case, and
+    // agreed with this tokenizer on 7000 random strings once deletions were fixed. The charsmap maps U+0001-0008, 000B,
+    // 000E-001F, 007F, 008F, 009F to the empty string (pool offset 0), so sentencepiece drops them.
+    [Fact]
+    public void T5DropsTheControlCharactersThatNmtNfkcDeletes()
+    {
+        Assert.Equal([703L], T5.Value.Tokenize("a\u0001b")); // "▁ab", as for "ab"
+        Assert.Equal([703L], T5.Value.Tokenize("a\u000Bb")); // vertical tab is deleted ...
+        Assert.Equal([3L, 9L, 3L, 115L], T5.Value.Tokenize("a\u000Cb")); // ... form feed is a space
+        Assert.Equal([3L, 9L, 3L, 115L], T5.Value.Tokenize("a \u0001 b")); // the spaces around it still collapse
+        Assert.Equal([3L, 226L], T5.Value.Tokenize("x\u007F"));
+        Assert.Equal([1712L], T5.Value.Tokenize("\u0001 cat"));
+        Assert.Empty(T5.Value.Tokenize("\u009F\u008F"));
+        var r = T5.Value.Encode("\u009F", 4);
+        Assert.Equal([1L, 0L, 0L, 0L], r.InputIds);
+        Assert.Equal(1, r.UntruncatedLength);
+        // U+0085 has no rule: it stays, as an unknown piece
+        Assert.Equal([3L, 9L, 2L, 115L], T5.Value.Tokenize("a\u0085b"));
+        // a deleted character does not let its neighbours compose: "A" then a lone U+0301 (unknown), not "Á"
+        Assert.Equal([71L, 2L], T5.Value.Tokenize("A\u0001\u0301"));
+        Assert.Equal([3L, 2L], T5.Value.Tokenize("A\u0301"));
+    }
+
+    [Fact]
+    public void T5WhitespaceKindsAndCompatibilityCharacters()
+    {
+        // NBSP, ideographic space, ZWSP and BOM are spaces for nmt_nfkc; leading / trailing / repeated ones collapse.
+        Assert.Equal([3L, 9L, 3L, 115L, 3L, 75L, 3L, 26L, 3L, 15L], T5.Value.Tokenize("a\u00A0b\u3000c\u200Bd\uFEFFe"));
+        Assert.Equal([3L, 9L, 3L, 115L], T5.Value.Tokenize("  a\t\n b  "));
+        Assert.Equal([361L, 204L, 3L, 4L, 196L, 196L, 209L], T5.Value.Tokenize("\uFB01 \u00B2 \u216B \u2460")); // ﬁ ² Ⅻ ①
+        Assert.Equal([11949L, 3087L, 371L, 6759L], T5.Value.Tokenize("caf\u00E9 CAFE\u0301"));
+        Assert.Equal([34L, 31L, 7L, 27L, 31L, 10376L, 3L, 31L, 26L], T5.Value.Tokenize("it's I'LL 'd"));
+        Assert.Equal([8774L, 32096L, 296L, 1L], T5.Value.Tokenize("Hello <extra_id_3>  world</s>"));
+    }
+
+    // Expected ids from a Python port of transformers' CLIPTokenizer without ftfy (BasicTokenizer code as in
+    // tokenization_clip.py with Python 3.11's Unicode 14 unicodedata, the pre-token regex evaluated on code points, the
+    // bpe() loop over merges.txt); it reproduces every public tokenize_clip case and agreed on 7000 random strings.
+    [Fact]
+    public void ClipMatchesTheReferenceOnControlWhitespaceAndCompatibilityCharacters()
+    {
+        Assert.Equal([3937L], Clip.Value.Tokenize("a\u0001b")); // control chars (category Cc) vanish ...
+        Assert.Equal([3937L], Clip.Value.Tokenize("a\u000Cb")); // ... form feed and U+0085 included
+        Assert.Equal([3937L], Clip.Value.Tokenize("a\u0085b"));
+        Assert.Equal([320L, 321L], Clip.Value.Tokenize("a \u0001 b"));
+        Assert.Equal([320L, 321L, 66L, 654L], Clip.Value.Tokenize("a\u00A0b\u3000c\u200Bd\uFEFFe")); // ZWSP, BOM: Cf, dropped
+        Assert.Equal([22229L], Clip.Value.Tokenize("A\u0001\u0301"));
+        Assert.Equal([171L, 105L, 479L, 41175L, 158L, 227L, 375L, 158L, 239L, 510L], Clip.Value.Tokenize("\uFB01 \u00B2 \u216B \u2460"));
+        Assert.Equal([15304L, 15304L], Clip.Value.Tokenize("caf\u00E9 CAFE\u0301"));
+        Assert.Equal([585L, 568L, 328L, 1342L, 1896L], Clip.Value.Tokenize("it's I'LL 'd"));
+    }
 }
