@@ -221,6 +221,139 @@ public abstract class JobStoreContractTests : IAsyncLifetime
         Assert.Null(await Store.GetAsync("x", Ct));
         Assert.Empty(await Store.GetEventsAsync("x", 0, 10, Ct));
     }
+
+    private static JobResultInfo ResultFor(string id) => new($"results/{id}.png", "image/png", 16, 16, 10, "\"x\"", "p", []);
+
+    private async Task<List<string>> PageAsync(string owner, JobListCursor? after, int limit, params JobStatus[] statuses) =>
+        (await Store.ListAsync(new JobListQuery(owner, statuses, after, limit), Ct)).Select(j => j.Id).ToList();
+
+    private static JobListCursor CursorOf(JobRecord job) => new(job.CreatedAt, job.Id);
+
+    [Fact]
+    public async Task Owner_list_is_newest_first_and_keyset_pages_stay_stable_while_jobs_arrive()
+    {
+        // Created one second apart, two at the same instant (ordered by id), another owner's jobs in between.
+        foreach (var (id, s) in new[] { ("L0", 0), ("L1", 1), ("L2", 2), ("L3a", 3), ("L3b", 3), ("L4", 4), ("L5", 5) })
+        {
+            await Store.EnqueueAsync(Job(id, at: T0 + TimeSpan.FromSeconds(s)), 100, Ct);
+            await Store.EnqueueAsync(Job("o" + id, owner: "other", at: T0 + TimeSpan.FromSeconds(s)), 100, Ct);
+        }
+
+        var first = await Store.ListAsync(new JobListQuery("k", [], null, 3), Ct);
+        Assert.Equal(["L5", "L4", "L3b"], first.Select(j => j.Id));
+        Assert.All(first, j => Assert.Equal("k", j.Owner));
+        // Jobs created after the first page (newer) and one created "in the past" by a slow submitter.
+        await Store.EnqueueAsync(Job("L6", at: T0 + TimeSpan.FromSeconds(6)), 100, Ct);
+        await Store.EnqueueAsync(Job("L7", at: T0 + TimeSpan.FromSeconds(7)), 100, Ct);
+        var second = await Store.ListAsync(new JobListQuery("k", [], CursorOf(first[^1]), 3), Ct);
+        Assert.Equal(["L3a", "L2", "L1"], second.Select(j => j.Id));
+        Assert.Equal(["L0"], await PageAsync("k", CursorOf(second[^1]), 3));
+        Assert.Equal(["L7", "L6", "L5"], await PageAsync("k", null, 3));
+        Assert.Equal(["oL5", "oL4"], await PageAsync("other", null, 2));
+        Assert.Empty(await PageAsync("nobody", null, 10));
+
+        // Queued jobs carry the same queue position as GetAsync gives (the other owner's jobs count too).
+        foreach (var job in await Store.ListAsync(new JobListQuery("k", [], null, 100), Ct))
+            Assert.Equal((await Store.GetAsync(job.Id, Ct))!.QueuePosition, job.QueuePosition);
+    }
+
+    [Fact]
+    public async Task Owner_list_filters_by_status()
+    {
+        for (var i = 0; i < 5; i++) await Store.EnqueueAsync(Job($"s{i}", at: T0 + TimeSpan.FromSeconds(i)), 100, Ct);
+        await Store.ClaimNextAsync("w", Lease, T0, Ct); // s0
+        await Store.CompleteAsync("s0", "w", new JobCompletion(JobStatus.Succeeded, ResultFor("s0"), null, 1), T0, Ct);
+        await Store.ClaimNextAsync("w", Lease, T0, Ct); // s1 stays running
+        await Store.RequestCancelAsync("s2", T0, Ct);
+
+        Assert.Equal(["s2", "s0"], await PageAsync("k", null, 10, JobStatus.Succeeded, JobStatus.Canceled));
+        Assert.Equal(["s1"], await PageAsync("k", null, 10, JobStatus.Running));
+        Assert.Empty(await PageAsync("k", null, 10, JobStatus.Failed));
+        var queued = await Store.ListAsync(new JobListQuery("k", [JobStatus.Queued], null, 1), Ct);
+        Assert.Equal("s4", Assert.Single(queued).Id);
+        Assert.Equal(2, queued[0].QueuePosition);
+        Assert.Equal(["s3"], await PageAsync("k", CursorOf(queued[0]), 1, JobStatus.Queued));
+        Assert.Equal(["s4", "s3", "s2", "s1", "s0"], await PageAsync("k", null, 10));
+    }
+
+    [Fact]
+    public async Task Delete_removes_a_finished_job_with_its_events_and_deliveries_and_leaves_unfinished_ones()
+    {
+        await Store.EnqueueAsync(Job("d1", webhook: "http://hook"), 10, Ct);
+        await Store.EnqueueAsync(Job("d2", webhook: "http://hook"), 10, Ct);
+        await Store.ClaimNextAsync("w", Lease, T0, Ct);
+        await Store.CompleteAsync("d1", "w", new JobCompletion(JobStatus.Succeeded, ResultFor("d1"), null, 1), T0, Ct);
+        Assert.NotEmpty(await Store.GetDeliveriesAsync("d1", Ct)); // pending ones: deleted too
+
+        Assert.Equal(DeleteOutcome.NotFound, (await Store.DeleteAsync("d1", "someone-else", Ct)).Outcome);
+        Assert.NotNull(await Store.GetAsync("d1", Ct));
+        var deleted = await Store.DeleteAsync("d1", "k", Ct);
+        Assert.Equal(DeleteOutcome.Deleted, deleted.Outcome);
+        Assert.Equal(JobStatus.Succeeded, deleted.Job!.Status);
+        Assert.Equal(["inputs/d1", "results/d1.png"], deleted.Blobs);
+        Assert.Null(await Store.GetAsync("d1", Ct));
+        Assert.Empty(await Store.GetEventsAsync("d1", 0, 100, Ct));
+        Assert.Empty(await Store.GetDeliveriesAsync("d1", Ct));
+        Assert.Equal(DeleteOutcome.NotFound, (await Store.DeleteAsync("d1", "k", Ct)).Outcome);
+        Assert.Equal(DeleteOutcome.NotFound, (await Store.DeleteAsync("nope", "k", Ct)).Outcome);
+
+        // Queued, then running: not deleted, nothing of it touched.
+        var queued = await Store.DeleteAsync("d2", "k", Ct);
+        Assert.Equal((DeleteOutcome.NotFinished, JobStatus.Queued), (queued.Outcome, queued.Job!.Status));
+        Assert.Empty(queued.Blobs);
+        await Store.ClaimNextAsync("w", Lease, T0, Ct);
+        Assert.Equal(DeleteOutcome.NotFinished, (await Store.DeleteAsync("d2", "k", Ct)).Outcome);
+        Assert.Equal(["queued", "started"], (await Store.GetEventsAsync("d2", 0, 100, Ct)).Select(e => e.Type));
+        Assert.True((await Store.RenewLeaseAsync("d2", "w", Lease, T0, Ct)).Held);
+        Assert.Equal(["d2"], await PageAsync("k", null, 10));
+
+        // A failed job has only its input; one whose files the retention sweep took has none left to delete.
+        await Store.CompleteAsync("d2", "w", new JobCompletion(JobStatus.Failed, null, new JobError("x", "X", "x"), 1), T0, Ct);
+        await Store.MarkResultExpiredAsync("d2", Ct);
+        var expired = await Store.DeleteAsync("d2", "k", Ct);
+        Assert.Equal(DeleteOutcome.Deleted, expired.Outcome);
+        Assert.Empty(expired.Blobs);
+        Assert.Empty(await PageAsync("k", null, 10));
+        Assert.Equal(0, (await Store.GetCountsAsync(Ct)).Failed);
+    }
+
+    [Fact]
+    public async Task Delete_racing_the_worker_and_the_retention_sweep_never_removes_a_running_job_nor_a_job_twice()
+    {
+        const int n = 12;
+        for (var i = 0; i < n; i++) await Store.EnqueueAsync(Job($"r{i:00}"), 100, Ct);
+        var running = new List<JobRecord>();
+        while (await Store.ClaimNextAsync("w", Lease, T0, Ct) is { } job) running.Add(job);
+        Assert.Equal(n, running.Count);
+
+        // Completions, owner deletes and the sweep all at once: a delete either sees the job running (refused) or
+        // finished (deleted, unless the sweep took it first, then not found); every completion lands.
+        var completions = running.Select(j => Task.Run(() => Store.CompleteAsync(j.Id, "w", new JobCompletion(JobStatus.Succeeded, ResultFor(j.Id), null, 1), T0, Ct))).ToList();
+        var deletes = running.Select(j => Task.Run(async () =>
+        {
+            var outcomes = new List<DeleteOutcome>();
+            for (var attempt = 0; attempt < 50; attempt++)
+            {
+                var outcome = (await Store.DeleteAsync(j.Id, "k", Ct)).Outcome;
+                outcomes.Add(outcome);
+                if (outcome != DeleteOutcome.NotFinished) break;
+                await Task.Delay(5);
+            }
+            return (j.Id, Outcomes: outcomes);
+        })).ToList();
+        var swept = new List<string>();
+        for (var round = 0; round < 20; round++)
+        {
+            swept.AddRange((await Store.DeleteFinishedJobsAsync(T0 + TimeSpan.FromDays(30), 3, Ct)).Select(e => e.JobId));
+            await Task.Delay(2);
+        }
+        Assert.All(await Task.WhenAll(completions), Assert.NotNull);
+        var byOwner = (await Task.WhenAll(deletes)).Where(d => d.Outcomes[^1] == DeleteOutcome.Deleted).Select(d => d.Id).ToList();
+        swept.AddRange((await Store.DeleteFinishedJobsAsync(T0 + TimeSpan.FromDays(30), 100, Ct)).Select(e => e.JobId));
+        Assert.Empty(byOwner.Intersect(swept));
+        Assert.Equal(running.Select(j => j.Id).Order(), byOwner.Concat(swept).Order());
+        Assert.Empty(await PageAsync("k", null, 100));
+    }
 }
 
 public sealed class SqliteJobStoreContractTests : JobStoreContractTests

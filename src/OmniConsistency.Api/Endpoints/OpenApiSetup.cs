@@ -33,6 +33,7 @@ public static class OpenApiSetup
             [new OpenApiSecuritySchemeReference("ApiKey", doc)] = [],
         });
         o.OperationFilter<SubmitOperationFilter>();
+        o.OperationFilter<JobListParameters.OperationFilter>();
     }
 
     private static OpenApiSchema WithExample(OpenApiSchema schema, JsonNode example)

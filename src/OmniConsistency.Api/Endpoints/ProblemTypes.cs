@@ -30,6 +30,7 @@ public static class ProblemTypes
         ["result-not-ready"] = "The job has no result (yet): see its status.",
         ["result-expired"] = "The result was deleted after the retention period.",
         ["job-not-cancelable"] = "The job already finished.",
+        ["job-not-finished"] = "The job is queued or running and cannot be deleted: cancel it (POST /v1/stylizations/{id}/cancel), then delete it once it has finished.",
         ["method-not-allowed"] = "The resource does not support this method.",
         ["not-ready"] = "The service is not ready: the engine is not loaded or the worker is not running.",
         ["engine-unavailable"] = "No stylization engine is loaded.",

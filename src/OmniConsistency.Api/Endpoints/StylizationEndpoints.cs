@@ -10,7 +10,7 @@ using OmniConsistency.Api.Storage;
 
 namespace OmniConsistency.Api.Endpoints;
 
-/// <summary>/v1/stylizations: submit, read, result, events (SSE), cancel.</summary>
+/// <summary>/v1/stylizations: submit, list, read, result, events (SSE), cancel, delete.</summary>
 public static class StylizationEndpoints
 {
     public const string SubmitOperationId = "CreateStylization";
@@ -24,6 +24,14 @@ public static class StylizationEndpoints
                              "`Idempotency-Key` makes retries safe; `Prefer: wait=N` holds the answer up to N seconds for the result.")
             .Produces<JobResource>(202).Produces<JobResource>(200)
             .ProducesProblem(400).ProducesProblem(401).ProducesProblem(413).ProducesProblem(415).ProducesProblem(422).ProducesProblem(429).ProducesProblem(503);
+
+        v1.MapGet("/stylizations", ListAsync)
+            .WithName(JobListParameters.OperationId).WithSummary("Your jobs, newest first (status filter, cursor pagination)")
+            .WithDescription("The jobs of the calling API key (of the open owner without keys), newest first, each as GET /v1/stylizations/{id} " +
+                             "shows it (webhook delivery states left out). `status` filters (repeatable or comma-separated), `limit` is 1-100 " +
+                             "(default 20). When there are more, `nextCursor` and `next` (also a `Link: rel=\"next\"` header) give the next page; " +
+                             "jobs submitted meanwhile never shift or repeat later pages.")
+            .Produces<JobPage>().ProducesProblem(400);
 
         v1.MapGet("/stylizations/{id}", GetAsync)
             .WithName("GetStylization").WithSummary("Job status, progress, timings and links")
@@ -44,6 +52,12 @@ public static class StylizationEndpoints
         v1.MapPost("/stylizations/{id}/cancel", CancelAsync)
             .WithName("CancelStylization").WithSummary("Cancel a queued or running job (running jobs stop between steps)")
             .Produces<JobResource>(200).Produces<JobResource>(202).ProducesProblem(404).ProducesProblem(409);
+
+        v1.MapDelete("/stylizations/{id}", DeleteAsync)
+            .WithName("DeleteStylization").WithSummary("Delete a finished job with its photo, result, events and webhook deliveries")
+            .WithDescription("Succeeded, failed or canceled jobs only: a queued or running job answers 409 `job-not-finished` (cancel it first). " +
+                             "Everything of the job is deleted at once, pending webhook deliveries included; a later GET answers 404.")
+            .Produces(204).ProducesProblem(404).ProducesProblem(409);
     }
 
     public static string BaseUrl(HttpContext http, ApiOptions api) =>
@@ -104,6 +118,31 @@ public static class StylizationEndpoints
         var job = await jobs.GetAsync(id, http.Owner(), ct) ?? throw NotFound(id);
         var deliveries = job.WebhookUrl is null ? null : await jobs.GetDeliveriesAsync(id, ct);
         return Results.Json(JobResourceMapper.ToResource(job, BaseUrl(http, api.Value), deliveries), ApiJson.Options);
+    }
+
+    private static async Task<IResult> ListAsync(HttpContext http, JobService jobs, IOptions<ApiOptions> api, CancellationToken ct)
+    {
+        var query = JobListParameters.Read(http.Request.Query);
+        var (page, next) = await jobs.ListAsync(http.Owner(), query.Statuses, query.After, query.Limit, ct);
+        var baseUrl = BaseUrl(http, api.Value);
+        var cursor = next is null ? null : JobListCursors.Encode(next);
+        var nextUrl = cursor is null ? null : query.NextUrl(baseUrl, cursor);
+        if (nextUrl is not null) http.Response.Headers.Link = $"<{nextUrl}>; rel=\"next\"";
+        var items = page.Select(job => JobResourceMapper.ToResource(job, baseUrl)).ToList();
+        return Results.Json(new JobPage { Items = items, NextCursor = cursor, Next = nextUrl }, ApiJson.Options);
+    }
+
+    private static async Task<IResult> DeleteAsync(string id, HttpContext http, JobService jobs, IOptions<ApiOptions> api, CancellationToken ct)
+    {
+        var result = await jobs.DeleteAsync(id, http.Owner(), ct);
+        return result.Outcome switch
+        {
+            DeleteOutcome.NotFound => throw NotFound(id),
+            DeleteOutcome.NotFinished => throw new ApiProblemException(409, "job-not-finished", "Job not finished",
+                $"The job is {result.Job!.Status.ToWire()}; cancel it first (POST {JobResourceMapper.UrlsFor(BaseUrl(http, api.Value), id).Cancel}) " +
+                "and delete it once it has finished."),
+            _ => Results.NoContent(),
+        };
     }
 
     private static async Task<IResult> ResultAsync(string id, HttpContext http, JobService jobs, IBlobStore blobs, CancellationToken ct)

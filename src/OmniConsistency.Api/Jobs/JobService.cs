@@ -8,7 +8,7 @@ namespace OmniConsistency.Api.Jobs;
 
 public sealed record SubmitOutcome(JobRecord Job, bool Replayed);
 
-/// <summary>What the endpoints do with jobs: submit, read (per owner), cancel, wait. The store keeps the state.</summary>
+/// <summary>What the endpoints do with jobs: submit, read and list (per owner), cancel, delete, wait. The store keeps the state.</summary>
 public sealed class JobService(
     IJobStore store,
     IBlobStore blobs,
@@ -85,6 +85,50 @@ public sealed class JobService(
     }
 
     public static bool IsWellFormedId(string id) => id.Length is > 0 and <= 64 && id.All(char.IsAsciiLetterOrDigit);
+
+    /// <summary>
+    /// One page of the owner's jobs, newest first, and the cursor of the next page (null on the last). One row more
+    /// than the page is read to tell whether there is a next page, so the last page never links to an empty one.
+    /// </summary>
+    public async Task<(IReadOnlyList<JobRecord> Jobs, JobListCursor? Next)> ListAsync(string owner, IReadOnlyCollection<JobStatus> statuses,
+        JobListCursor? after, int limit, CancellationToken ct)
+    {
+        var rows = await store.ListAsync(new JobListQuery(owner, statuses, after, limit + 1), ct);
+        if (rows.Count <= limit) return (rows, null);
+        var page = rows.Take(limit).ToList();
+        return (page, new JobListCursor(page[^1].CreatedAt, page[^1].Id));
+    }
+
+    /// <summary>
+    /// Deletes the owner's finished job: its row, events and webhook deliveries in the store's transaction, then its
+    /// files. Files go after the commit, so a failure in between leaves at worst an orphaned file, never a job whose
+    /// result is missing; each file is deleted even when the client goes away meanwhile.
+    /// </summary>
+    public async Task<DeleteResult> DeleteAsync(string id, string owner, CancellationToken ct)
+    {
+        if (!IsWellFormedId(id)) return new DeleteResult(DeleteOutcome.NotFound, null, []);
+        var result = await store.DeleteAsync(id, owner, ct);
+        if (result.Outcome != DeleteOutcome.Deleted) return result;
+        var deleted = 0;
+        foreach (var blob in result.Blobs)
+        {
+            try
+            {
+                await blobs.DeleteAsync(blob, CancellationToken.None);
+                deleted++;
+            }
+            catch (Exception ex)
+            {
+                logger.LogWarning(ex, "Job {JobId} deleted but its file {Blob} could not be deleted", id, blob);
+            }
+        }
+        signals.JobChanged(id);
+        metrics.JobDeleted();
+        using (Serilog.Context.LogContext.PushProperty("JobId", id))
+            logger.LogInformation("Job {JobId} ({Status}) deleted by {Owner}: {Files} file(s) removed", id, result.Job!.Status.ToWire(),
+                owner == "" ? "(open)" : owner, deleted);
+        return result;
+    }
 
     public Task<IReadOnlyList<WebhookDelivery>> GetDeliveriesAsync(string id, CancellationToken ct) => store.GetDeliveriesAsync(id, ct);
 

@@ -19,6 +19,7 @@ public sealed class ServiceMetrics : IDisposable
     private long _inferenceMicros;
     private long _queueWaitCount;
     private long _queueWaitMicros;
+    private long _jobsDeleted;
     private readonly ConcurrentDictionary<string, long> _jobsFinished = new();
     private readonly ConcurrentDictionary<string, long> _webhookAttempts = new();
     private readonly ConcurrentDictionary<string, long> _rejections = new();
@@ -71,6 +72,8 @@ public sealed class ServiceMetrics : IDisposable
         }
     }
 
+    public void JobDeleted() => Interlocked.Increment(ref _jobsDeleted);
+
     public void WebhookAttempt(string outcome) => _webhookAttempts.AddOrUpdate(outcome, 1, (_, v) => v + 1);
 
     public void Rejected(string reason) => _rejections.AddOrUpdate(reason, 1, (_, v) => v + 1);
@@ -103,6 +106,8 @@ public sealed class ServiceMetrics : IDisposable
         Metric("omni_jobs_finished_total", "counter", "Jobs finished by this process, by final state.");
         foreach (var s in new[] { "succeeded", "failed", "canceled" })
             Sample("omni_jobs_finished_total", _jobsFinished.GetValueOrDefault(s), $"state=\"{s}\"");
+        Metric("omni_jobs_deleted_total", "counter", "Finished jobs deleted by their owner (DELETE) through this process.");
+        Sample("omni_jobs_deleted_total", Interlocked.Read(ref _jobsDeleted));
         Metric("omni_step_seconds", "summary", "Time per denoising step.");
         Sample("omni_step_seconds_sum", Interlocked.Read(ref _stepMicros) / 1e6);
         Sample("omni_step_seconds_count", Interlocked.Read(ref _stepCount));

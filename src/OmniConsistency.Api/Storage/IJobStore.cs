@@ -28,6 +28,20 @@ public interface IJobStore
     /// <summary>The job with its queue position when queued; null when unknown.</summary>
     Task<JobRecord?> GetAsync(string id, CancellationToken ct);
 
+    /// <summary>
+    /// The owner's jobs newest first (created_at, then id, both descending), keyset-paged: only those strictly after
+    /// <see cref="JobListQuery.After"/>, in <see cref="JobListQuery.Statuses"/> when given, at most
+    /// <see cref="JobListQuery.Limit"/>. Queued jobs carry their queue position, as from <see cref="GetAsync"/>.
+    /// </summary>
+    Task<IReadOnlyList<JobRecord>> ListAsync(JobListQuery query, CancellationToken ct);
+
+    /// <summary>
+    /// Deletes the owner's finished job with its events and webhook deliveries (pending ones too) in one transaction.
+    /// A queued or running job is left as it is (<see cref="DeleteOutcome.NotFinished"/>): the worker may hold it. The
+    /// job's files are returned, not deleted: the caller deletes them after the commit (a missing file is no error).
+    /// </summary>
+    Task<DeleteResult> DeleteAsync(string id, string owner, CancellationToken ct);
+
     /// <summary>Takes the oldest queued job for <paramref name="workerId"/>: running, attempts + 1, leased until now + lease.</summary>
     Task<JobRecord?> ClaimNextAsync(string workerId, TimeSpan lease, DateTimeOffset now, CancellationToken ct);
 

@@ -81,6 +81,9 @@ public static class PostgresSchema
             CREATE INDEX ix_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
             CREATE INDEX ix_deliveries_job ON webhook_deliveries (job_id);
             """),
+        new(2, "owner's job list index (GET /v1/stylizations, newest first)", """
+            CREATE INDEX ix_jobs_owner_created ON jobs (owner, created_at, id);
+            """),
     ];
 
     public static int LatestVersion => Migrations[^1].Version;

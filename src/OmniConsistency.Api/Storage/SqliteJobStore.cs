@@ -64,6 +64,7 @@ public sealed partial class SqliteJobStore : IJobStore, IDisposable
         CREATE UNIQUE INDEX IF NOT EXISTS ix_jobs_idempotency ON jobs(owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
         CREATE INDEX IF NOT EXISTS ix_jobs_status ON jobs(status, seq);
         CREATE INDEX IF NOT EXISTS ix_jobs_result_expiry ON jobs(result_expired, result_expires_at);
+        CREATE INDEX IF NOT EXISTS ix_jobs_owner_created ON jobs(owner, created_at, id);
         CREATE TABLE IF NOT EXISTS job_events (
           seq INTEGER PRIMARY KEY AUTOINCREMENT,
           job_id TEXT NOT NULL,

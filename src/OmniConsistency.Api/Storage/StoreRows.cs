@@ -18,6 +18,13 @@ internal sealed class StoreRows(
         "result", "result_expired", "error", "queue_wait_ms", "inference_ms", "result_expires_at",
     ];
 
+    /// <summary>How many columns <see cref="JobColumns"/> names: a query's extra columns start at this index.</summary>
+    public static int JobColumnCount => JobColumnNames.Length;
+
+    /// <summary>The files a job still has: its input, and its result when it has one (none once the retention sweep took them).</summary>
+    public static IReadOnlyList<string> BlobsOf(JobRecord job) =>
+        job.ResultExpired ? [] : job.Result is { } result ? [job.InputBlob, result.Blob] : [job.InputBlob];
+
     public const string DeliveryColumns =
         "id, job_id, event_type, url, payload, status, attempts, created_at, next_attempt_at, last_status_code, last_error, delivered_at";
 
