@@ -35,6 +35,23 @@ public sealed class PostgresStoreTests
     }
 
     [Fact]
+    public async Task A_database_at_version_1_gets_the_owner_list_index_at_the_next_start()
+    {
+        await using var schema = await PostgresTestSchema.CreateAsync();
+        await using var ds = schema.NewDataSource();
+        await NewStore(ds).InitializeAsync(Ct);
+        // What a release before migration 2 left behind, with a job in it.
+        await schema.ExecAsync("DROP INDEX ix_jobs_owner_created; DELETE FROM schema_version WHERE version >= 2");
+        await NewStore(ds).EnqueueAsync(Job("old"), 10, Ct);
+        Assert.Equal(1, await PostgresSchema.MigrateAsync(ds, Ct));
+        Assert.Equal(PostgresSchema.LatestVersion, await schema.ScalarAsync<int>("SELECT MAX(version) FROM schema_version"));
+        Assert.Equal("ix_jobs_owner_created", await schema.ScalarOrNullAsync<string>(
+            $"SELECT indexname FROM pg_indexes WHERE schemaname = '{schema.Schema}' AND indexname = 'ix_jobs_owner_created'"));
+        var listed = await NewStore(ds).ListAsync(new JobListQuery("k", [], null, 10), Ct);
+        Assert.Equal("old", Assert.Single(listed).Id);
+    }
+
+    [Fact]
     public async Task A_database_newer_than_this_build_is_refused_with_its_version()
     {
         await using var schema = await PostgresTestSchema.CreateAsync();
