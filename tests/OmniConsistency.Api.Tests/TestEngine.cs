@@ -43,7 +43,7 @@ public sealed class TestEngine : IStylizationEngine
 
     public EngineInfo Info { get; } = new("test-engine", BuiltIn: true, Device: "cpu", DType: "float32", MaxSide: 1024, MaxCondSize: 1024);
 
-    public IReadOnlyList<StyleInfo> Styles { get; } =
+    public IReadOnlyList<StyleInfo> Styles { get; init; } =
     [
         new("demo", "Demo", ["demo style"], 1.0, "A test style."),
         new("ghibli", "Ghibli", ["Studio Ghibli style", "anime"], 0.8, null),

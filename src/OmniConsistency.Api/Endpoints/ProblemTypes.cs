@@ -27,6 +27,7 @@ public static class ProblemTypes
         ["forbidden"] = "The service runs without API keys and only accepts loopback clients.",
         ["not-found"] = "No such resource (or it belongs to another API key).",
         ["style-not-found"] = "No style of that name in the catalog.",
+        ["style-preview-not-found"] = "The style has no preview image (its `previewUrl` is null), or its file is no longer a readable PNG, JPEG or WebP in the style folder.",
         ["result-not-ready"] = "The job has no result (yet): see its status.",
         ["result-expired"] = "The result was deleted after the retention period.",
         ["job-not-cancelable"] = "The job already finished.",

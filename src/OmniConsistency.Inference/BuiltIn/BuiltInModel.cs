@@ -42,13 +42,15 @@ public sealed record BuiltInModelPaths(string Root, string ConsistencyLoraFile, 
 public static class BuiltInModel
 {
     /// <summary>Bump when the written content changes: older folders are then rebuilt.</summary>
-    public const int Version = 1;
+    public const int Version = 2;
     public const string FolderName = "builtin-model";
     public const string MarkerFileName = "builtin-model.json";
     public const string DisplayName = "builtin-tiny-flux (random weights)";
     public const string ConsistencyLoraFileName = "omniconsistency.safetensors";
     public const string StylesFolderName = "styles";
     public const string DemoStyleName = "demo-style";
+    /// <summary>The demo style's preview image (see <see cref="DemoStylePreview"/>), named by its sidecar.</summary>
+    public const string DemoStylePreviewFileName = DemoStyleName + ".png";
     public const int ConsistencyLoraRank = 4;
     public const int DemoStyleRank = 4;
 
@@ -162,6 +164,7 @@ public static class BuiltInModel
         var styles = Path.Combine(folder, StylesFolderName);
         Directory.CreateDirectory(styles);
         WriteWeights(Path.Combine(styles, DemoStyleName + ".safetensors"), DemoStyleManifest(transformerLinears), seed: 6);
+        DemoStylePreview.Write(Path.Combine(styles, DemoStyleName + ".safetensors"), Path.Combine(styles, DemoStylePreviewFileName));
         File.WriteAllText(Path.Combine(styles, DemoStyleName + ".json"), DemoStyleSidecar);
 
         WriteMarker(folder);
@@ -184,7 +187,8 @@ public static class BuiltInModel
           "display_name": "Demo style (random weights)",
           "trigger_words": ["demo style"],
           "default_scale": 1.0,
-          "description": "A random-weight style LoRA of the built-in demo model. It exercises the style path end to end; its effect is noise, not a style."
+          "description": "A random-weight style LoRA of the built-in demo model. It exercises the style path end to end; its effect is noise, not a style. Its preview pictures its weight update (query/key/value as red/green/blue).",
+          "preview": "demo-style.png"
         }
         """;
 

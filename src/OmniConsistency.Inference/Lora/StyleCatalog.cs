@@ -15,16 +15,18 @@ public sealed record StyleCatalogOptions
 }
 
 /// <summary>One style of the catalog: its LoRA file (a real path inside the folder) and its sidecar metadata.</summary>
+/// <param name="PreviewPath">The sidecar's preview image: the folder's real path + the file name as the sidecar gives it
+/// (a link inside the folder stays unresolved, so that <see cref="StylePreviewFile"/> can check it again when serving).</param>
 public sealed record StyleEntry(string Name, string LoraPath, string DisplayName, IReadOnlyList<string> TriggerWords,
     double DefaultScale, string? Description, string? PreviewPath)
 {
-    public StyleInfo ToInfo() => new(Name, DisplayName, TriggerWords, DefaultScale, Description);
+    public StyleInfo ToInfo() => new(Name, DisplayName, TriggerWords, DefaultScale, Description, PreviewPath);
 }
 
 /// <summary>
 /// The style LoRAs of a configured folder. A style's name is its file name without <c>.safetensors</c>; names are
 /// restricted to letters, digits, '.', '_' and '-' (starting with a letter or digit, no "..", at most 128 characters),
-/// so a request can never name a path. Files and sidecars reached through symbolic links are accepted only when the
+/// so a request can never name a path. Files, sidecars and previews reached through symbolic links are accepted only when the
 /// link resolves inside the folder. Problems found while scanning (bad names, bad sidecars, links out of the folder)
 /// are logged and listed in <see cref="Problems"/>; the affected file is skipped (a bad sidecar only loses its metadata).
 /// </summary>
@@ -34,7 +36,6 @@ public sealed class StyleCatalog
     public const double MaxAbsScale = 10;
     private const int MaxTriggerWords = 32, MaxTriggerWordLength = 200, MaxDescriptionLength = 2000, MaxDisplayNameLength = 200;
     private static readonly Regex NamePattern = new(@"^[A-Za-z0-9][A-Za-z0-9._-]*$", RegexOptions.CultureInvariant);
-    private static readonly string[] PreviewExtensions = [".png", ".jpg", ".jpeg", ".webp"];
 
     private readonly StyleCatalogOptions _options;
     private readonly ILogger _logger;
@@ -183,19 +184,27 @@ public sealed class StyleCatalog
             }
             if (Field(root, "preview") is { } pv)
             {
-                var preview = pv.ValueKind == JsonValueKind.String ? PreviewPath(pv.GetString()!) : null;
-                if (preview is null) problems.Add($"{label}: preview must name an existing .png/.jpg/.webp file in the style folder");
-                else entry = entry with { PreviewPath = preview };
+                if (pv.ValueKind != JsonValueKind.String || pv.GetString() is not { } file || !IsValidName(file) || !StylePreviewFile.HasPreviewExtension(file))
+                    problems.Add($"{label}: preview must name a .png/.jpg/.jpeg/.webp file in the style folder");
+                else if (PreviewProblem(Path.Combine(Folder, file)) is { } why) problems.Add($"{label}: preview ignored, {why}");
+                else entry = entry with { PreviewPath = Path.Combine(Folder, file) };
             }
         }
         return entry;
     }
 
-    private string? PreviewPath(string fileName)
+    /// <summary>Null when the preview can be served (inside the folder, a PNG/JPEG/WebP by content), else why not.</summary>
+    private static string? PreviewProblem(string path)
     {
-        if (!IsValidName(fileName) || !PreviewExtensions.Contains(Path.GetExtension(fileName).ToLowerInvariant())) return null;
-        var real = SafePaths.RealPath(Path.Combine(Folder, fileName));
-        return SafePaths.IsInside(real, Folder) && File.Exists(real) ? real : null;
+        try
+        {
+            StylePreviewFile.Identify(path);
+            return null;
+        }
+        catch (StylePreviewUnavailableException e)
+        {
+            return e.Message;
+        }
     }
 
     private static JsonElement? Field(JsonElement root, params string[] names)

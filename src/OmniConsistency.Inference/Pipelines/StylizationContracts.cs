@@ -46,7 +46,10 @@ public sealed record StylizationResult(
     IReadOnlyList<string> Warnings,
     TimeSpan InferenceTime);
 
-public sealed record StyleInfo(string Name, string DisplayName, IReadOnlyList<string> TriggerWords, double DefaultScale, string? Description);
+/// <param name="PreviewPath">The style's preview image (a PNG/JPEG/WebP file directly in the style folder), null when it has
+/// none. Read it with <c>Lora.StylePreviewFile.Read</c>, which checks it again (the folder may have changed since).</param>
+public sealed record StyleInfo(string Name, string DisplayName, IReadOnlyList<string> TriggerWords, double DefaultScale, string? Description,
+    string? PreviewPath = null);
 
 public sealed record EngineInfo(string ModelName, bool BuiltIn, string Device, string DType, int MaxSide, int MaxCondSize);
 

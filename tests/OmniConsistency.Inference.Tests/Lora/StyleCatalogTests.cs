@@ -13,7 +13,7 @@ public class StyleCatalogTests
     {
         using var dir = new TempFolder();
         Touch(dir.File("ghibli.safetensors"));
-        Touch(dir.File("ghibli.png"));
+        File.WriteAllBytes(dir.File("ghibli.png"), StylePreviewFileTests.Png());
         File.WriteAllText(dir.File("ghibli.json"), """
             { "display_name": "Studio Ghibli", "trigger_words": ["ghibli style", " hand-drawn "], "default_scale": 0.8,
               "description": "Soft watercolour look.", "preview": "ghibli.png" }
@@ -24,11 +24,11 @@ public class StyleCatalogTests
 
         Assert.Equal(["ghibli", "pixel-art_v2"], catalog.Styles.Select(s => s.Name));
         var g = catalog.Styles[0];
-        Assert.Equal(new StyleInfo("ghibli", "Studio Ghibli", g.TriggerWords, 0.8, "Soft watercolour look."), g);
+        Assert.Equal(new StyleInfo("ghibli", "Studio Ghibli", g.TriggerWords, 0.8, "Soft watercolour look.", Path.Combine(catalog.Folder, "ghibli.png")), g);
         Assert.Equal(["ghibli style", "hand-drawn"], g.TriggerWords);
         Assert.Equal(Path.Combine(catalog.Folder, "ghibli.png"), catalog.Entries[0].PreviewPath);
         var plain = catalog.Styles[1];
-        Assert.Equal(("pixel-art_v2", 1.0, 0), (plain.DisplayName, plain.DefaultScale, plain.TriggerWords.Count));
+        Assert.Equal(("pixel-art_v2", 1.0, 0, (string?)null), (plain.DisplayName, plain.DefaultScale, plain.TriggerWords.Count, plain.PreviewPath));
         Assert.Empty(catalog.Problems);
         Assert.Equal(Path.Combine(catalog.Folder, "ghibli.safetensors"), catalog.Resolve("ghibli").LoraPath);
     }

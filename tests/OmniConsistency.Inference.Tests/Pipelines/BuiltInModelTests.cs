@@ -29,6 +29,7 @@ public class BuiltInModelTests
                 Assert.True(File.ReadAllBytes(Path.Combine(a.Root, f)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(b.Root, f))), $"{f} differs between two creations");
             Assert.Contains("transformer/diffusion_pytorch_model.safetensors", filesA);
             Assert.Contains("styles/demo-style.json", filesA);
+            Assert.Contains("styles/" + BuiltInModel.DemoStylePreviewFileName, filesA); // byte-identical across creations, like the weights
             Assert.True(File.Exists(a.ConsistencyLoraFile));
 
             // A second call keeps the valid folder as it is.
@@ -72,6 +73,9 @@ public class BuiltInModelTests
             Assert.Equal(BuiltInModel.DemoStyleName, style.Name);
             Assert.Equal(["demo style"], style.TriggerWords);
             Assert.Empty(catalog.Problems);
+            var preview = StylePreviewFile.Read(style.PreviewPath!);
+            Assert.Equal("image/png", preview.ContentType);
+            Assert.True(preview.Width >= 128 && preview.Width == preview.Height, $"{preview.Width}x{preview.Height}");
             using var adapter = LoraLoader.Load(style.LoraPath, models.LoraTargets, models.DType, models.Device);
             Assert.Contains(LoraFormat.Diffusers, adapter.Formats);
             Assert.Equal(8 * models.Transformer.Config.NumLayers + 3 * models.Transformer.Config.NumSingleLayers, adapter.Modules.Count);
@@ -91,4 +95,45 @@ public class BuiltInModelTests
 
     private static List<string> Files(string root) =>
         Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories).Select(p => Path.GetRelativePath(root, p)).Order(StringComparer.Ordinal).ToList();
+}
+
+public class DemoStylePreviewTests
+{
+    /// <summary>The preview pictures the demo LoRA's update B·A of the first double block's q/k/v as r/g/b: checked against a TorchSharp matmul.</summary>
+    [Fact]
+    public void PreviewPixelsAreTheDemoStylesQkvUpdates()
+    {
+        var dir = Directory.CreateTempSubdirectory("builtin-preview-").FullName;
+        try
+        {
+            var paths = BuiltInModel.EnsureCreated(dir);
+            var lora = Path.Combine(paths.StylesFolder, BuiltInModel.DemoStyleName + ".safetensors");
+            using var image = SixLabors.ImageSharp.Image.Load<SixLabors.ImageSharp.PixelFormats.Rgb24>(
+                Path.Combine(paths.StylesFolder, BuiltInModel.DemoStylePreviewFileName));
+            using var file = OmniConsistency.Inference.IO.SafetensorsFile.Open(lora);
+            string[] modules = ["to_q", "to_k", "to_v"];
+            for (int channel = 0; channel < 3; channel++)
+            {
+                using var scope = NewDisposeScope();
+                var prefix = "transformer.transformer_blocks.0.attn." + modules[channel];
+                var delta = file.Load(prefix + ".lora_B.weight", ScalarType.Float64).matmul(file.Load(prefix + ".lora_A.weight", ScalarType.Float64));
+                var expected = (delta / delta.abs().max() * 127.5 + 127.5).round().clamp(0, 255).to(ScalarType.Int32);
+                long rows = delta.shape[0], cols = delta.shape[1];
+                var scale = image.Width / (int)cols;
+                Assert.Equal((cols * scale, rows * scale), ((long)image.Width, (long)image.Height));
+                var values = expected.data<int>().ToArray();
+                for (int y = 0; y < image.Height; y++)
+                for (int x = 0; x < image.Width; x++)
+                {
+                    var p = image[x, y];
+                    var actual = channel switch { 0 => p.R, 1 => p.G, _ => p.B };
+                    Assert.InRange(actual - values[(y / scale) * cols + x / scale], -1, 1); // ties may round either way
+                }
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
 }
