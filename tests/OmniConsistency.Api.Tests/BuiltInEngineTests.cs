@@ -7,36 +7,20 @@ namespace OmniConsistency.Api.Tests;
 /// The service exactly as the README's run command starts it — no engine override, so it creates and serves the
 /// built-in random-weight model — driven over HTTP on loopback.
 /// </summary>
-public sealed class BuiltInEngineTests : IAsyncLifetime
+public sealed class BuiltInEngineTests : BuiltInServiceTests
 {
-    private ServiceHost _host = null!;
-    private HttpClient _client = null!;
-
-    public async ValueTask InitializeAsync()
-    {
-        _host = await ServiceHost.StartAsync(useBuiltInEngine: true);
-        _client = _host.NewClient();
-        _client.Timeout = TimeSpan.FromMinutes(2);
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        _client.Dispose();
-        await _host.DisposeAsync();
-    }
-
-    private Task<string> SubmitAsync(int size, int steps, string? style = "demo-style") => _client.SubmitBuiltInAsync(size, steps, style);
+    private Task<string> SubmitAsync(int size, int steps, string? style = "demo-style") => Client.SubmitBuiltInAsync(size, steps, style);
 
     [Fact]
     public async Task Built_in_model_serves_a_real_stylization_end_to_end()
     {
-        using (var styles = await _client.GetAsync("v1/styles"))
+        using (var styles = await Client.GetAsync("v1/styles"))
             Assert.Contains("demo-style", await styles.Content.ReadAsStringAsync());
 
         var id = await SubmitAsync(128, 2);
-        var done = await _client.WaitForTerminalAsync(id, TimeSpan.FromMinutes(2));
+        var done = await Client.WaitForTerminalAsync(id, TimeSpan.FromMinutes(2));
         Assert.True(done.Status() == "succeeded", done.ToString());
-        using var result = await _client.GetAsync($"v1/stylizations/{id}/result");
+        using var result = await Client.GetAsync($"v1/stylizations/{id}/result");
         Assert.Equal(HttpStatusCode.OK, result.StatusCode);
         Assert.Equal("image/png", result.Content.Headers.ContentType?.MediaType);
         using var image = Image.Load(await result.Content.ReadAsByteArrayAsync());
@@ -45,9 +29,9 @@ public sealed class BuiltInEngineTests : IAsyncLifetime
 
         // The same seed and request reproduce the same image.
         var again = await SubmitAsync(128, 2);
-        Assert.Equal("succeeded", (await _client.WaitForTerminalAsync(again, TimeSpan.FromMinutes(2))).Status());
-        var first = await (await _client.GetAsync($"v1/stylizations/{id}/result")).Content.ReadAsByteArrayAsync();
-        var second = await (await _client.GetAsync($"v1/stylizations/{again}/result")).Content.ReadAsByteArrayAsync();
+        Assert.Equal("succeeded", (await Client.WaitForTerminalAsync(again, TimeSpan.FromMinutes(2))).Status());
+        var first = await (await Client.GetAsync($"v1/stylizations/{id}/result")).Content.ReadAsByteArrayAsync();
+        var second = await (await Client.GetAsync($"v1/stylizations/{again}/result")).Content.ReadAsByteArrayAsync();
         Assert.Equal(first, second);
     }
 }
@@ -63,5 +47,25 @@ public static class BuiltInJobs
         var job = await response.Json();
         Assert.True(response.StatusCode == HttpStatusCode.Accepted, job.ToString());
         return job.Id();
+    }
+}
+
+/// <summary>A test class served by the service as the README's run command starts it: the built-in model, no engine override.</summary>
+public abstract class BuiltInServiceTests : IAsyncLifetime
+{
+    protected ServiceHost Host { get; private set; } = null!;
+    protected HttpClient Client { get; private set; } = null!;
+
+    public async ValueTask InitializeAsync()
+    {
+        Host = await ServiceHost.StartAsync(useBuiltInEngine: true);
+        Client = Host.NewClient();
+        Client.Timeout = TimeSpan.FromMinutes(2);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Client.Dispose();
+        await Host.DisposeAsync();
     }
 }

@@ -14,24 +14,8 @@ public sealed class NativeMemoryCollection;
 
 [Collection(nameof(NativeMemoryCollection))]
 [Trait("Category", "Memory")]
-public sealed class NativeMemoryTests(ITestOutputHelper output) : IAsyncLifetime
+public sealed class NativeMemoryTests(ITestOutputHelper output) : BuiltInServiceTests
 {
-    private ServiceHost _host = null!;
-    private HttpClient _client = null!;
-
-    public async ValueTask InitializeAsync()
-    {
-        _host = await ServiceHost.StartAsync(useBuiltInEngine: true);
-        _client = _host.NewClient();
-        _client.Timeout = TimeSpan.FromMinutes(2);
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        _client.Dispose();
-        await _host.DisposeAsync();
-    }
-
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")]
     private static extern int MallocTrim(nuint pad);
 
@@ -49,13 +33,13 @@ public sealed class NativeMemoryTests(ITestOutputHelper output) : IAsyncLifetime
         // catches native leaks outside TorchSharp's bookkeeping (image buffers, LoRA copies) once they are large.
         // Allocator pools and caches grow until they plateau (measured: within the first few dozen jobs, sometimes
         // into the second segment), hence a warm-up and two equal segments, of which the last must be flat.
-        var engine = Assert.IsType<StylizationEngine>(_host.Services.GetRequiredService<IStylizationEngine>());
+        var engine = Assert.IsType<StylizationEngine>(Host.Services.GetRequiredService<IStylizationEngine>());
         async Task<long> RunJobs(int n)
         {
             for (int i = 0; i < n; i++)
             {
-                var id = await _client.SubmitBuiltInAsync(256, 1, style: i % 2 == 0 ? "demo-style" : null);
-                Assert.Equal("succeeded", (await _client.WaitForTerminalAsync(id, TimeSpan.FromMinutes(1))).Status());
+                var id = await Client.SubmitBuiltInAsync(256, 1, style: i % 2 == 0 ? "demo-style" : null);
+                Assert.Equal("succeeded", (await Client.WaitForTerminalAsync(id, TimeSpan.FromMinutes(1))).Status());
                 Assert.Equal(0, engine.LastGenerationLiveTensorDelta);
             }
             GC.Collect();
