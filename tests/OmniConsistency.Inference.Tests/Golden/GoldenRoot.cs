@@ -1,6 +1,9 @@
 namespace OmniConsistency.Inference.Tests.Golden;
 
-/// <summary>Where the golden cases live: $OMNI_GOLDEN_DIR, else the copy kept in the repository (tests/golden).</summary>
+/// <summary>
+/// Where the golden cases live: $OMNI_GOLDEN_DIR; else the copy kept in the repository (tests/golden), so a fresh
+/// clone runs them; else the shared set beside the repository root (../shared/golden), where the reference set is kept.
+/// </summary>
 public static class GoldenRoot
 {
     public static string Path { get; } = Resolve();
@@ -9,7 +12,9 @@ public static class GoldenRoot
     {
         var env = Environment.GetEnvironmentVariable("OMNI_GOLDEN_DIR");
         if (!string.IsNullOrWhiteSpace(env)) return System.IO.Path.GetFullPath(env);
-        return System.IO.Path.Combine(RepositoryRoot.Path, "tests", "golden");
+        var inRepository = System.IO.Path.Combine(RepositoryRoot.Path, "tests", "golden");
+        var beside = System.IO.Path.GetFullPath(System.IO.Path.Combine(RepositoryRoot.Path, "..", "shared", "golden"));
+        return Directory.Exists(inRepository) || !Directory.Exists(beside) ? inRepository : beside;
     }
 }
 

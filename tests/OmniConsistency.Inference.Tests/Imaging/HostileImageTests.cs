@@ -21,7 +21,8 @@ public class HostileImageTests
     [Fact]
     public void ZeroBytesAreAnInvalidImage()
     {
-        var e = Assert.Throws<InvalidImageException>(() => Codec.Decode([]));
+        var (e, allocated) = Catch<InvalidImageException>(() => Codec.Decode([]));
+        Assert.True(allocated < 4_000_000, $"allocated {allocated} bytes");
         Assert.Equal("invalid-image", e.ErrorType);
         Assert.IsAssignableFrom<StylizationRequestException>(e);
         Assert.Contains("empty", e.Message);
@@ -32,7 +33,9 @@ public class HostileImageTests
     {
         var path = Path.Combine(Directory.CreateTempSubdirectory("hostile").FullName, "photo.png");
         File.WriteAllText(path, "<html><body>definitely not a picture</body></html>\n" + new string('x', 5000));
-        var e = Assert.Throws<InvalidImageException>(() => Codec.Decode(File.ReadAllBytes(path)));
+        var bytes = File.ReadAllBytes(path);
+        var (e, allocated) = Catch<InvalidImageException>(() => Codec.Decode(bytes));
+        Assert.True(allocated < 4_000_000, $"allocated {allocated} bytes");
         Assert.Contains("not a PNG, JPEG or WebP", e.Message);
     }
 
@@ -54,7 +57,9 @@ public class HostileImageTests
     {
         var full = Codec.Encode(Noise(64, 48, 1), ImageOutputFormat.Png);
         int length = cut >= 1 ? (int)cut : cut > 0 ? (int)(full.Length * cut) : full.Length + (int)cut;
-        var e = Assert.Throws<InvalidImageException>(() => Codec.Decode(full[..length]));
+        var truncated = full[..length];
+        var (e, allocated) = Catch<InvalidImageException>(() => Codec.Decode(truncated));
+        Assert.True(allocated < 4_000_000, $"allocated {allocated} bytes");
         Assert.Equal("invalid-image", e.ErrorType);
     }
 

@@ -127,6 +127,34 @@ public class PipelineTests
     }
 
     [Fact]
+    public void ThePlainPipelineRunsOnCudaFromConfigurationLikeOnCpu()
+    {
+        // Device and dtype come from the options only; a CUDA build (TorchBackend=cuda) on a GPU runs this.
+        if (!cuda.is_available()) Assert.Skip("no CUDA device in this build/machine (TorchBackend=cpu)");
+        var inputs = new FluxGenerationInputs { Prompt = "a cat", Height = 48, Width = 64, Steps = 2 };
+        Tensor Generate(string device, string dtype)
+        {
+            using var models = FluxModelSet.Load(new FluxModelSetOptions { ModelFolder = TinyFlux, ConsistencyLoraFile = TinyLora, Device = device, DType = dtype });
+            Assert.Equal(device == "cpu" ? DeviceType.CPU : DeviceType.CUDA, models.Device.type);
+            Assert.Equal(TorchRuntime.ParseDType(dtype), models.DType);
+            using var noise = GenerationNoise.FromSeed(7);
+            using var output = new FluxTextToImagePipeline(models).Run(inputs, noise, cancellationToken: Ct);
+            return output.Image.to(ScalarType.Float32).cpu();
+        }
+        using var scope = NewDisposeScope();
+        var onCpu = Generate("cpu", "float32");
+        // fp32: the same numbers up to kernel differences (cuDNN may use TF32 for convolutions).
+        var onCuda = Generate("cuda", "float32");
+        double diff = (onCpu - onCuda).abs().max().item<float>();
+        Assert.True(diff <= 1e-2, $"CUDA fp32 image differs from CPU fp32 by {diff}");
+        // bf16: random tiny weights amplify bf16 rounding (CPU bf16 differs from fp32 by up to 0.78 too), so only
+        // that it runs in bf16 on the GPU and yields a finite image in [0, 1].
+        var bf16 = Generate("cuda", "bfloat16");
+        Assert.Equal(onCpu.shape, bf16.shape);
+        Assert.True(bf16.isfinite().all().item<bool>() && bf16.min().item<float>() >= 0 && bf16.max().item<float>() <= 1);
+    }
+
+    [Fact]
     public async Task ABf16ModelSetRunsAStylizationWithAStyleEndToEnd()
     {
         var data = Directory.CreateTempSubdirectory("bf16-engine-").FullName;
