@@ -155,31 +155,40 @@ public sealed class TransformerConditionBranchBenchmark : IBenchmark
                 using var mode = inference_mode();
                 body();
             };
-            var ms = Measure.InterleavedMedianMs(
+            // Process CPU time as well as wall time: on a shared machine waiting for a core inflates wall times
+            // unevenly, while CPU time (1 torch thread) counts only this process's work. Ratios use CPU time.
+            var t = LoraTiming.Interleaved(
             [
                 Run(() => model.Forward(inputs)),
                 Run(() => model.Forward(inputs, withBank)),
                 Run(() => Inference.Consistency.ConditionBranch.Warmup(model, lora, warmupInputs).Bank.Dispose()),
                 Run(() => Inference.Consistency.ConditionBranch.Warmup(model, lora, textFree).Bank.Dispose()),
             ], rounds);
-            double plain = ms[0], conditioned = ms[1], warmup = ms[2], warmupTextFree = ms[3];
+            double plain = t[0].Cpu, conditioned = t[1].Cpu, warmup = t[2].Cpu, warmupTextFree = t[3].Cpu;
             double generationPlain = steps * plain, generationConditioned = warmup + steps * conditioned;
 
             var c = BenchmarkFlux.Config;
             Console.WriteLine($"config: D={c.InnerDim} ({c.NumAttentionHeads}×{c.AttentionHeadDim}), {c.NumLayers} double + {c.NumSingleLayers} single blocks, " +
                 $"512 noisy + 64 text + 128 condition tokens, batch 1, fp32, consistency LoRA rank {loraRank}; {TorchRuntime.Describe()}; " +
-                $"median of {rounds} interleaved rounds; bank {bank.ByteSize / 1024.0:F0} KiB");
+                $"median of {rounds} interleaved rounds");
             Console.WriteLine();
-            Console.WriteLine("| measurement | ms | vs plain step |");
-            Console.WriteLine("|---|---:|---:|");
-            Console.WriteLine($"| plain step (no condition) | {plain:F1} | 1.00 |");
-            Console.WriteLine($"| step with condition bank | {conditioned:F1} | {conditioned / plain:F2} |");
-            Console.WriteLine($"| warm-up pass, upstream form (text + condition, mask) | {warmup:F1} | {warmup / plain:F2} |");
-            Console.WriteLine($"| warm-up pass, text-free (§8.8) | {warmupTextFree:F1} | {warmupTextFree / plain:F2} |");
+            Console.WriteLine("| measurement | wall ms | CPU ms | vs plain step (CPU) |");
+            Console.WriteLine("|---|---:|---:|---:|");
+            string[] labels = ["plain step (no condition)", "step with condition bank", "warm-up pass, upstream form (text + condition, mask)", "warm-up pass, text-free (§8.8)"];
+            for (int i = 0; i < labels.Length; i++)
+                Console.WriteLine($"| {labels[i]} | {t[i].Wall:F1} | {t[i].Cpu:F1} | {t[i].Cpu / plain:F3} |");
             Console.WriteLine();
-            Console.WriteLine($"{steps}-step generation: plain {generationPlain:F0} ms, with condition branch {generationConditioned:F0} ms " +
+            Console.WriteLine($"{steps}-step generation (CPU): plain {generationPlain:F0} ms, with condition branch {generationConditioned:F0} ms " +
                 $"(×{generationConditioned / generationPlain:F3}; warm-up share {warmup / generationConditioned:P1}); " +
                 $"with the text-free warm-up ×{(warmupTextFree + steps * conditioned) / generationPlain:F3}");
+
+            // Memory: the bank holds K and V of every attention layer for the condition tokens, [B, heads, C, head_dim].
+            var dev = new FluxTransformerConfig(); // FLUX.1-dev's sizes
+            const long devConditionTokens = 512 / 16 * (512 / 16); // cond_size 512
+            long devBank = 2L * dev.TotalAttentionLayers * devConditionTokens * dev.InnerDim * 2;
+            Console.WriteLine($"condition K/V bank: {bank.ByteSize / 1024.0:F0} KiB here (2 × {bank.LayerCount} layers × {bank.ConditionTokens} tokens × " +
+                $"{c.InnerDim} × 4 B); FLUX.1-dev ({dev.TotalAttentionLayers} layers, D {dev.InnerDim}) at cond 512 ({devConditionTokens} tokens) in bf16: " +
+                $"{devBank / 1048576.0:F0} MiB per sample, freed when the generation ends");
         }
         finally
         {

@@ -2,9 +2,10 @@ namespace OmniConsistency.Inference.Lora;
 
 /// <summary>
 /// Chooses run-time adapters or merge-and-restore for one generation. Merging removes the per-step LoRA cost (two
-/// skinny GEMMs and an add per adapted Linear, measured at +20-40% of a step on CPU, see Lora/README.md) for a one-off
-/// cost of about two steps' worth of weight traffic, but needs a copy of every adapted weight. So: merge when the
-/// generation makes enough transformer calls to amortise it and the copy fits the configured budget; otherwise run-time.
+/// skinny GEMMs and an add per adapted Linear: +2.5-12% of a step in fp32, +29% in bf16 on CPU, benchmark
+/// <c>lora-switch</c>, figures in Lora/README.md) for a one-off merge + exact restore of 6-34% of one step, but needs a
+/// copy of every adapted weight. So: merge when the generation makes enough transformer calls to amortise it and the
+/// copy fits the configured budget; otherwise run-time.
 /// </summary>
 public sealed record LoraApplicationPolicy
 {

@@ -22,7 +22,7 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
     private readonly bool _ownsModels;
     private readonly ILogger _logger;
     // LoRA cache counters for the service's /metrics (it listens to meters named "OmniConsistency.*"); published as
-    // deltas of the cache's own snapshot after each generation and preload.
+    // deltas of the cache's own snapshot after each generation and preload. Plus the gauge lora_cache_bytes.
     private readonly Meter _meter = new("OmniConsistency.Inference");
     private readonly Counter<long> _loraHits, _loraMisses, _loraEvictions, _loraDiskLoads;
     private LoraCacheMetrics? _publishedMetrics;
@@ -45,6 +45,9 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
         _loraMisses = _meter.CreateCounter<long>("lora_cache_misses");
         _loraEvictions = _meter.CreateCounter<long>("lora_cache_evictions");
         _loraDiskLoads = _meter.CreateCounter<long>("lora_cache_disk_loads");
+        // Bytes are a level, not a count: observed from the cache's snapshot when a listener collects.
+        _meter.CreateObservableGauge("lora_cache_bytes", ObserveCacheBytes, unit: "By",
+            description: "Bytes of converted style LoRAs held by the cache, per tier (working; host-copy on an accelerator)");
         _ownsModels = ownsModels;
         Options = options;
         StyleCatalog? catalog = null;
@@ -150,6 +153,17 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
             _loraDiskLoads.Add(now.DiskLoads - (before?.DiskLoads ?? 0));
             _publishedMetrics = now;
         }
+    }
+
+    private IEnumerable<Measurement<long>> ObserveCacheBytes()
+    {
+        if (_cache is null || Volatile.Read(ref _disposed) != 0) return [];
+        var m = _cache.Metrics;
+        return
+        [
+            new Measurement<long>(m.Bytes, new KeyValuePair<string, object?>("tier", "working")),
+            new Measurement<long>(m.HostCopyBytes, new KeyValuePair<string, object?>("tier", "host-copy")),
+        ];
     }
 
     /// <summary>Rescans the style folder (new or removed LoRA files).</summary>

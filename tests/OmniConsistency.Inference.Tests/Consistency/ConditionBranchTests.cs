@@ -79,6 +79,31 @@ public class ConditionBranchTests
         Assert.Contains(e.MisShaped, m => m.StartsWith("single_transformer_blocks.0.attn.processor.v_loras.0.down.weight", StringComparison.Ordinal));
     }
 
+    /// <summary>Upstream loads proj_loras and never applies them (Q8): a file whose proj_loras differ must give the same
+    /// warm-up, bank and generation, while a change to a q/k/v LoRA must not.</summary>
+    [Fact]
+    public void ProjLorasAreLoadedButNotApplied()
+    {
+        using var model = FluxTransformerLoader.FromDiffusersFolder(TinyFlux, ParameterFactory.Cpu());
+        using var scope = NewDisposeScope();
+        Dictionary<string, Tensor> tensors;
+        using (var file = SafetensorsFile.Open(TinyLora)) tensors = file.Keys.ToDictionary(k => k, k => file.Load(k));
+        var g = new Generator(9);
+        var proj = tensors.Keys.Where(k => k.Contains(".proj_loras.", StringComparison.Ordinal)).ToList();
+        Assert.NotEmpty(proj);
+        var otherProj = tensors.ToDictionary(kv => kv.Key, kv => proj.Contains(kv.Key) ? randn(kv.Value.shape, generator: g) : kv.Value);
+        var otherQuery = tensors.ToDictionary(kv => kv.Key, kv => kv.Key.Contains(".q_loras.0.up.", StringComparison.Ordinal) ? randn(kv.Value.shape, generator: g) : kv.Value);
+        using var lora = ConsistencyLora.Load(new DictionarySource(tensors), model.Config, CPU, ScalarType.Float32);
+        using var loraOtherProj = ConsistencyLora.Load(new DictionarySource(otherProj), model.Config, CPU, ScalarType.Float32);
+        using var loraOtherQuery = ConsistencyLora.Load(new DictionarySource(otherQuery), model.Config, CPU, ScalarType.Float32);
+        Assert.False(TensorsEqual(lora.Layers[0].Projection!.Up, loraOtherProj.Layers[0].Projection!.Up));
+
+        var request = Request(seed: 4, steps: 2);
+        var expected = new FluxConditionedSampler(model, Scheduler, lora).Sample(request, cancellationToken: Ct);
+        Assert.True(TensorsEqual(expected, new FluxConditionedSampler(model, Scheduler, loraOtherProj).Sample(request, cancellationToken: Ct)));
+        Assert.False(TensorsEqual(expected, new FluxConditionedSampler(model, Scheduler, loraOtherQuery).Sample(request, cancellationToken: Ct)));
+    }
+
     [Fact]
     public void BankIgnoresT5EmbeddingsButFollowsPooledEmbedding()
     {

@@ -90,6 +90,43 @@ public class LoraAdapterCacheTests
     }
 
     [Fact]
+    public async Task TwoRequestsArrivingDuringOneLoadJoinIt()
+    {
+        // A file large enough that its load (header, read, convert on a pool thread) outlasts the few microseconds
+        // between the two calls below: the second must join the first's load, not start its own.
+        using var dir = new TempFolder();
+        var shapes = FluxLinearShapes.For(512, 1, 1, inChannels: 64, joint: 512, pooled: 512);
+        var targets = new LoraModelTargets(new LoraTargetShapes(shapes));
+        var path = dir.File("big.safetensors");
+        using (var scope = NewDisposeScope())
+        {
+            var g = new Generator(5);
+            var t = new Dictionary<string, Tensor>();
+            foreach (var module in shapes.Keys.Where(k => k.StartsWith("transformer_blocks.0.", StringComparison.Ordinal)))
+            {
+                t[$"transformer.{module}.lora_A.weight"] = randn([64, shapes[module].In], generator: g);
+                t[$"transformer.{module}.lora_B.weight"] = randn([shapes[module].Out, 64], generator: g);
+            }
+            SafetensorsWriter.Save(path, t);
+        }
+        using var cache = new LoraAdapterCache(targets, ScalarType.Float32, CPU, new LoraCacheOptions { HostBudgetBytes = 1L << 30 });
+        var first = cache.AcquireAsync(path, Ct);
+        var second = cache.AcquireAsync(path, Ct);
+        Assert.False(first.IsCompleted, "the load finished before the second request arrived; the test file is too small");
+        using var a = await first;
+        using var b = await second;
+        var m = cache.Metrics;
+        Assert.Equal((1L, 1L, 2L, 0L), (m.DiskLoads, m.SharedLoads, m.Misses, m.Hits));
+        Assert.Same(a.Adapter, b.Adapter);
+        Assert.True(a.IsCached && b.IsCached);
+        Assert.Equal(1, m.LeasedEntries);
+        a.Dispose();
+        Assert.Equal(1, cache.Metrics.LeasedEntries);
+        b.Dispose();
+        Assert.Equal(0, cache.Metrics.LeasedEntries);
+    }
+
+    [Fact]
     public async Task LeasedEntriesAreNotEvicted()
     {
         using var dir = new TempFolder();
