@@ -138,7 +138,12 @@ public static class ServiceApp
         app.UseStatusCodePages();
         app.Use(async (http, next) =>
         {
-            http.Response.Headers["X-Request-Id"] = http.TraceIdentifier;
+            // On starting: the exception handler clears the headers before it writes a 500 problem.
+            http.Response.OnStarting(() =>
+            {
+                http.Response.Headers["X-Request-Id"] = http.TraceIdentifier;
+                return Task.CompletedTask;
+            });
             using (Serilog.Context.LogContext.PushProperty("RequestId", http.TraceIdentifier))
                 await next(http);
         });

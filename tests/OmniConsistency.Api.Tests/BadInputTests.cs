@@ -19,6 +19,8 @@ public sealed class BadInputTests(ServiceHostFixture fixture) : IClassFixture<Se
     public static TheoryData<string, int, string> Cases => new()
     {
         { "empty-body", 400, "invalid-request-body" },
+        { "empty-json-body", 400, "invalid-request-body" },
+        { "no-body-at-all", 400, "invalid-request-body" },
         { "no-content-type", 415, "unsupported-media-type" },
         { "url-encoded-form", 415, "unsupported-media-type" },
         { "no-image", 400, "validation-error" },
@@ -65,6 +67,10 @@ public sealed class BadInputTests(ServiceHostFixture fixture) : IClassFixture<Se
         {
             case "empty-body":
                 return Post(new ByteArrayContent([]) { Headers = { ContentType = MediaTypeHeaderValue.Parse("multipart/form-data; boundary=x") } });
+            case "empty-json-body":
+                return Json("");
+            case "no-body-at-all":
+                return new HttpRequestMessage(HttpMethod.Post, "v1/stylizations");
             case "no-content-type":
                 return Post(new ByteArrayContent(TestImages.Png()));
             case "url-encoded-form":
