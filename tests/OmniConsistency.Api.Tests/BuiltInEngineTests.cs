@@ -33,6 +33,11 @@ public sealed class BuiltInEngineTests : BuiltInServiceTests
         var first = await (await Client.GetAsync($"v1/stylizations/{id}/result")).Content.ReadAsByteArrayAsync();
         var second = await (await Client.GetAsync($"v1/stylizations/{again}/result")).Content.ReadAsByteArrayAsync();
         Assert.Equal(first, second);
+
+        // The engine's LoRA cache holds the demo style now: its byte gauge reaches /metrics.
+        var metrics = await Client.GetStringAsync("metrics");
+        var bytes = metrics.Split('\n').Single(l => l.StartsWith("omni_lora_cache_bytes{tier=\"working\"} ", StringComparison.Ordinal));
+        Assert.True(double.Parse(bytes.Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture) > 0, bytes);
     }
 }
 

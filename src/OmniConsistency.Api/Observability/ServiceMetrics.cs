@@ -9,7 +9,8 @@ namespace OmniConsistency.Api.Observability;
 /// <summary>
 /// Counters the service keeps itself, written as Prometheus text by /metrics together with the store's job counts.
 /// Counters of the engine are picked up from any System.Diagnostics.Metrics meter named "OmniConsistency.*"
-/// (e.g. the LoRA cache's hits and misses) and exported as omni_&lt;instrument&gt;_total.
+/// (e.g. the LoRA cache's hits and misses) and exported as omni_&lt;instrument&gt;_total; its observable gauges
+/// (e.g. lora_cache_bytes per tier) are read at each scrape and exported as omni_&lt;instrument&gt; with their tags as labels.
 /// </summary>
 public sealed class ServiceMetrics : IDisposable
 {
@@ -25,18 +26,50 @@ public sealed class ServiceMetrics : IDisposable
     private readonly ConcurrentDictionary<string, long> _rejections = new();
     private readonly ConcurrentDictionary<string, long> _meterCounters = new();
     private readonly MeterListener _listener = new();
+    // Filled by the gauges' callbacks during one scrape (RecordObservableInstruments runs them on the scraping thread).
+    private readonly SortedDictionary<string, SortedDictionary<string, double>> _gaugeValues = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, string?> _gaugeHelp = new(StringComparer.Ordinal);
+    private readonly Lock _scrapeGate = new();
 
     public ServiceMetrics()
     {
         _listener.InstrumentPublished = (instrument, listener) =>
         {
-            if (instrument.Meter.Name.StartsWith("OmniConsistency", StringComparison.Ordinal) &&
-                instrument.GetType().IsGenericType && instrument.GetType().GetGenericTypeDefinition() == typeof(Counter<>))
+            if (!instrument.Meter.Name.StartsWith("OmniConsistency", StringComparison.Ordinal) || !instrument.GetType().IsGenericType) return;
+            var kind = instrument.GetType().GetGenericTypeDefinition();
+            if (kind == typeof(Counter<>) || kind == typeof(ObservableGauge<>) || kind == typeof(ObservableUpDownCounter<>))
                 listener.EnableMeasurementEvents(instrument);
         };
-        _listener.SetMeasurementEventCallback<long>((inst, value, _, _) => AddMeter(inst.Name, value));
-        _listener.SetMeasurementEventCallback<int>((inst, value, _, _) => AddMeter(inst.Name, value));
+        _listener.SetMeasurementEventCallback<long>((inst, value, tags, _) => Measured(inst, value, tags));
+        _listener.SetMeasurementEventCallback<int>((inst, value, tags, _) => Measured(inst, value, tags));
+        _listener.SetMeasurementEventCallback<double>((inst, value, tags, _) => Measured(inst, value, tags));
         _listener.Start();
+    }
+
+    private void Measured(Instrument instrument, double value, ReadOnlySpan<KeyValuePair<string, object?>> tags)
+    {
+        if (!instrument.IsObservable)
+        {
+            AddMeter(instrument.Name, (long)value);
+            return;
+        }
+        // Only reached from RecordObservableInstruments inside ToPrometheus, which holds _scrapeGate.
+        var name = "omni_" + Sanitize(instrument.Name);
+        if (!_gaugeValues.TryGetValue(name, out var series)) _gaugeValues[name] = series = new(StringComparer.Ordinal);
+        _gaugeHelp[name] = instrument.Description;
+        series[Labels(tags)] = value;
+    }
+
+    private static string Labels(ReadOnlySpan<KeyValuePair<string, object?>> tags)
+    {
+        var parts = new List<string>(tags.Length);
+        foreach (var (key, tagValue) in tags)
+        {
+            var text = Convert.ToString(tagValue, CultureInfo.InvariantCulture) ?? "";
+            parts.Add($"{Sanitize(key)}=\"{text.Replace("\\", "\\\\").Replace("\"", "\\\"").Replace("\n", "\\n")}\"");
+        }
+        parts.Sort(StringComparer.Ordinal);
+        return string.Join(",", parts);
     }
 
     private void AddMeter(string name, long value) => _meterCounters.AddOrUpdate(name, value, (_, v) => v + value);
@@ -130,6 +163,16 @@ public sealed class ServiceMetrics : IDisposable
             var metric = "omni_" + Sanitize(name) + "_total";
             Metric(metric, "counter", $"Engine counter {name}.");
             Sample(metric, n);
+        }
+        lock (_scrapeGate)
+        {
+            _gaugeValues.Clear();
+            _listener.RecordObservableInstruments();
+            foreach (var (metric, series) in _gaugeValues)
+            {
+                Metric(metric, "gauge", _gaugeHelp.GetValueOrDefault(metric) is { Length: > 0 } help ? help.ReplaceLineEndings(" ") : $"Engine gauge {metric}.");
+                foreach (var (labels, value) in series) Sample(metric, value, labels.Length == 0 ? null : labels);
+            }
         }
         return sb.ToString();
     }
