@@ -12,6 +12,13 @@ public sealed record StyleCatalogOptions
     public required string Folder { get; init; }
     /// <summary>Sidecars larger than this are ignored (reported as a problem).</summary>
     public long MaxSidecarBytes { get; init; } = 64 * 1024;
+    /// <summary>
+    /// A listing older than this is rescanned on the next use, so LoRAs added to (or removed from) the folder appear
+    /// without a restart; null: only <see cref="StyleCatalog.Refresh"/> rescans.
+    /// </summary>
+    public TimeSpan? RefreshInterval { get; init; }
+    /// <summary>The clock for <see cref="RefreshInterval"/> (tests use a fake one).</summary>
+    public TimeProvider Time { get; init; } = TimeProvider.System;
 }
 
 /// <summary>One style of the catalog: its LoRA file (a real path inside the folder) and its sidecar metadata.</summary>
@@ -39,7 +46,9 @@ public sealed class StyleCatalog
 
     private readonly StyleCatalogOptions _options;
     private readonly ILogger _logger;
-    private Snapshot _snapshot;
+    private readonly Lock _scanGate = new();
+    private Snapshot _snapshot = null!;
+    private long _scannedAt;
 
     private sealed record Snapshot(IReadOnlyList<StyleEntry> Entries, IReadOnlyDictionary<string, StyleEntry> ByName, IReadOnlyList<string> Problems);
 
@@ -49,18 +58,50 @@ public sealed class StyleCatalog
         _logger = logger ?? NullLogger.Instance;
         if (!Directory.Exists(options.Folder)) throw new DirectoryNotFoundException($"Style folder '{options.Folder}' does not exist.");
         Folder = SafePaths.RealPath(options.Folder);
-        _snapshot = Scan();
+        Refresh();
     }
 
     /// <summary>The folder's real path.</summary>
     public string Folder { get; }
-    public IReadOnlyList<StyleEntry> Entries => _snapshot.Entries;
-    public IReadOnlyList<StyleInfo> Styles => _snapshot.Entries.Select(e => e.ToInfo()).ToList();
+    public IReadOnlyList<StyleEntry> Entries => Current.Entries;
+    public IReadOnlyList<StyleInfo> Styles => Current.Entries.Select(e => e.ToInfo()).ToList();
     /// <summary>What the last scan skipped or could not read, one line each.</summary>
-    public IReadOnlyList<string> Problems => _snapshot.Problems;
+    public IReadOnlyList<string> Problems => Current.Problems;
 
     /// <summary>Rescans the folder (the previous listing stays in use until the new one is complete).</summary>
-    public void Refresh() => _snapshot = Scan();
+    public void Refresh()
+    {
+        lock (_scanGate)
+        {
+            var started = _options.Time.GetTimestamp();
+            _snapshot = Scan();
+            Volatile.Write(ref _scannedAt, started);
+        }
+    }
+
+    /// <summary>
+    /// The listing, rescanned first when older than <see cref="StyleCatalogOptions.RefreshInterval"/>. One caller scans;
+    /// callers arriving meanwhile use the previous listing instead of waiting on the disk.
+    /// </summary>
+    private Snapshot Current
+    {
+        get
+        {
+            if (_options.RefreshInterval is { } interval && _options.Time.GetElapsedTime(Volatile.Read(ref _scannedAt)) >= interval
+                && _scanGate.TryEnter())
+            {
+                try
+                {
+                    if (_options.Time.GetElapsedTime(Volatile.Read(ref _scannedAt)) >= interval) Refresh();
+                }
+                finally
+                {
+                    _scanGate.Exit();
+                }
+            }
+            return _snapshot;
+        }
+    }
 
     public static bool IsValidName(string? name) =>
         !string.IsNullOrEmpty(name) && name.Length <= MaxNameLength && NamePattern.IsMatch(name) && !name.Contains("..", StringComparison.Ordinal);
@@ -72,7 +113,7 @@ public sealed class StyleCatalog
         if (!IsValidName(name))
             throw new StylizationRequestException("invalid-style-name",
                 $"'{Truncate(name, 64)}' is not a valid style name (letters, digits, '.', '_', '-'; at most {MaxNameLength} characters).");
-        if (!_snapshot.ByName.TryGetValue(name, out var entry))
+        if (!Current.ByName.TryGetValue(name, out var entry))
             throw new StylizationRequestException("unknown-style", $"There is no style named '{name}'.");
         // The folder may have changed since the scan: the file must still be a regular file inside it.
         var real = SafePaths.RealPath(Path.Combine(Folder, name + ".safetensors"));

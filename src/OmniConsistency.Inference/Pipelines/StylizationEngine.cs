@@ -53,7 +53,11 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
         StyleCatalog? catalog = null;
         if (styleFolder is not null)
         {
-            catalog = new StyleCatalog(new StyleCatalogOptions { Folder = styleFolder }, loggerFactory.CreateLogger<StyleCatalog>());
+            catalog = new StyleCatalog(new StyleCatalogOptions
+            {
+                Folder = styleFolder,
+                RefreshInterval = options.StyleRefreshSeconds > 0 ? TimeSpan.FromSeconds(options.StyleRefreshSeconds) : null,
+            }, loggerFactory.CreateLogger<StyleCatalog>());
             _cache = new LoraAdapterCache(models.LoraTargets, models.DType, models.Device, new LoraCacheOptions
             {
                 HostBudgetBytes = options.LoraHostBudgetBytes,

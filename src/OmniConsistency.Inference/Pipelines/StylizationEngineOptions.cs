@@ -71,6 +71,8 @@ public sealed record StylizationEngineOptions
     // ---- style LoRAs ----
     public long LoraHostBudgetBytes { get; set; } = new LoraCacheOptions().HostBudgetBytes;
     public long LoraDeviceBudgetBytes { get; set; } = new LoraCacheOptions().DeviceBudgetBytes;
+    /// <summary>Seconds after which the style folder is listed again on the next use (new LoRAs appear without a restart); 0: never.</summary>
+    public int StyleRefreshSeconds { get; set; } = 30;
     /// <summary>Style names to load into the LoRA cache at start.</summary>
     public List<string> PreloadStyles { get; set; } = [];
     /// <summary>"auto" (merge when it pays, see LoraApplicationPolicy), "runtime" or "merged".</summary>
@@ -120,6 +122,7 @@ public sealed record StylizationEngineOptions
         Require(MaxImageBytes > 0 && MaxImageSide > 0 && MaxImagePixels > 0 && MaxDecodeMegabytes > 0, "image limits must be positive");
         Require(JpegQuality is >= 1 and <= 100 && WebpQuality is >= 1 and <= 100, "JpegQuality and WebpQuality must be in 1..100");
         Require(LoraHostBudgetBytes >= 0 && LoraDeviceBudgetBytes >= 0 && LoraMergeBudgetBytes >= 0, "LoRA budgets must not be negative");
+        Require(StyleRefreshSeconds >= 0, $"StyleRefreshSeconds must not be negative (got {StyleRefreshSeconds})");
         Require(Threads is null or >= 1, $"Threads must be at least 1 (got {Threads})");
         Require(!string.IsNullOrWhiteSpace(DataDirectory), "DataDirectory must be set");
         Require(UsesBuiltInModel || !string.IsNullOrWhiteSpace(ConsistencyLoraPath), "ConsistencyLoraPath (OmniConsistency.safetensors) is required with a configured model");

@@ -68,6 +68,31 @@ public class StyleCatalogTests
     }
 
     [Fact]
+    public void WithARefreshIntervalStylesAddedOrRemovedAppearWithoutARestart()
+    {
+        using var dir = new TempFolder();
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();
+        Touch(dir.File("a.safetensors"));
+        var catalog = new StyleCatalog(new StyleCatalogOptions { Folder = dir.Path, RefreshInterval = TimeSpan.FromSeconds(30), Time = clock });
+        Touch(dir.File("b.safetensors"));
+        File.Delete(dir.File("a.safetensors"));
+
+        clock.Advance(TimeSpan.FromSeconds(29));
+        Assert.Equal(["a"], catalog.Styles.Select(s => s.Name)); // the listing is still fresh
+        clock.Advance(TimeSpan.FromSeconds(1));
+        Assert.Equal(["b"], catalog.Styles.Select(s => s.Name));
+        Assert.Equal(Path.Combine(catalog.Folder, "b.safetensors"), catalog.Resolve("b").LoraPath);
+
+        // Without an interval only Refresh rescans.
+        var manual = new StyleCatalog(new StyleCatalogOptions { Folder = dir.Path, Time = clock });
+        Touch(dir.File("c.safetensors"));
+        clock.Advance(TimeSpan.FromHours(1));
+        Assert.Equal(["b"], manual.Styles.Select(s => s.Name));
+        manual.Refresh();
+        Assert.Equal(["b", "c"], manual.Styles.Select(s => s.Name));
+    }
+
+    [Fact]
     public void SymlinksOutOfTheFolderAreRefusedAndInsideAccepted()
     {
         using var dir = new TempFolder();
