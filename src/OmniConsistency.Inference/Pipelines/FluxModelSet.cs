@@ -85,7 +85,9 @@ public sealed class FluxModelSet : IDisposable
                 ? AutoencoderKL.FromBflFile(vaeFile, options.VaeConfigFile is null ? VaeConfig.Flux1 : VaeConfig.Load(options.VaeConfigFile), factory)
                 : AutoencoderKL.FromFolder(Path.Combine(options.ModelFolder!, "vae"), factory);
             owned.Add(vae);
-            var promptEncoder = PromptEncoder.FromPretrained(encodersFolder, factory);
+            var encoderDevice = options.ResolveTextEncoderDevice(device);
+            var encoderDType = options.ResolveTextEncoderDType(encoderDevice, device, dtype);
+            var promptEncoder = PromptEncoder.FromPretrained(encodersFolder, new ParameterFactory(encoderDType, encoderDevice));
             owned.Add(promptEncoder);
             var lora = options.ConsistencyLoraFile is { } loraFile ? LoadConsistencyLora(loraFile, transformer.Config, device, dtype) : null;
             if (lora is not null) owned.Add(lora);

@@ -37,6 +37,12 @@ public sealed record FluxModelSetOptions
     /// <summary>"float32", "bfloat16", ...; null = bfloat16 on CUDA (the reference's dtype), float32 on CPU (libtorch's CPU
     /// bf16 convolutions and small GEMMs make bf16 several times slower there).</summary>
     public string? DType { get; init; }
+    /// <summary>Where CLIP and T5 are loaded: "auto" = <see cref="Device"/>, or "cpu", "cuda", "cuda:N". Their outputs are
+    /// moved to the transformer's device and dtype by the pipelines.</summary>
+    public string TextEncoderDevice { get; init; } = "auto";
+    /// <summary>The text encoders' dtype; null = the model's dtype when they share its device ("auto"), otherwise float32
+    /// on the CPU and bfloat16 on CUDA.</summary>
+    public string? TextEncoderDType { get; init; }
     /// <summary>A display name; null = derived from the paths.</summary>
     public string? Name { get; init; }
 
@@ -44,6 +50,27 @@ public sealed record FluxModelSetOptions
 
     public ScalarType ResolveDType(Device device) =>
         DType is null ? (device.type == DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32) : TorchRuntime.ParseDType(DType);
+
+    public bool TextEncodersFollowModel => string.IsNullOrWhiteSpace(TextEncoderDevice) || TextEncoderDevice.Trim().Equals("auto", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>The text encoders' device, given the model's.</summary>
+    public Device ResolveTextEncoderDevice(Device modelDevice) => TextEncodersFollowModel ? modelDevice : TorchRuntime.ParseDevice(TextEncoderDevice);
+
+    /// <summary>The text encoders' dtype, given their device and the model's device and dtype.</summary>
+    public ScalarType ResolveTextEncoderDType(Device encoderDevice, Device modelDevice, ScalarType modelDType)
+    {
+        if (TextEncoderDType is not null) return TorchRuntime.ParseDType(TextEncoderDType);
+        if (encoderDevice.type == modelDevice.type && encoderDevice.index == modelDevice.index && TextEncodersFollowModel) return modelDType;
+        return encoderDevice.type == DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
+    }
+
+    /// <summary>Checks the form of a device setting ("auto", "cpu", "cuda", "cuda:N") without touching the device.</summary>
+    public static void CheckDeviceName(string? device, string what)
+    {
+        var d = (device ?? "auto").Trim().ToLowerInvariant();
+        bool ok = d is "auto" or "cpu" or "cuda" || (d.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(d[5..], out int n) && n >= 0);
+        if (!ok) throw new ArgumentException($"{what} must be auto, cpu, cuda or cuda:N, not '{device}'.");
+    }
 
     /// <summary>The transformer config for <see cref="TransformerFile"/>.</summary>
     public FluxTransformerConfig SingleFileTransformerConfig() => TransformerConfigFile is null

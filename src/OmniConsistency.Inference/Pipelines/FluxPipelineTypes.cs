@@ -16,6 +16,10 @@ public record FluxGenerationInputs
     public double GuidanceScale { get; init; } = 3.5;
     /// <summary>T5 tokens (FLUX: 512, which OmniConsistency always uses).</summary>
     public int MaxSequenceLength { get; init; } = PromptEncoder.MaxSequenceLengthLimit;
+    /// <summary>Identifies what is attached to the text encoders for this generation and changes their output (style
+    /// LoRAs' text-encoder adapters: which, at what weight, how applied); part of the prompt-cache key. Null: the
+    /// encoders as loaded. Whoever attaches such adapters must set it, or a cache would serve embeddings without them.</summary>
+    public string? TextEncoderState { get; init; }
 }
 
 /// <summary>OmniConsistency's inputs: a FLUX generation conditioned on a square condition image.</summary>

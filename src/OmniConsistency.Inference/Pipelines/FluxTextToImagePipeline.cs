@@ -9,9 +9,11 @@ namespace OmniConsistency.Inference.Pipelines;
 /// bank: no warm-up and no condition K/V, so every transformer call is a stock FLUX forward. Progress is reported per
 /// step and cancellation honoured between steps; every tensor lives in dispose scopes.
 /// </summary>
-public sealed class FluxTextToImagePipeline(FluxModelSet models)
+/// <param name="promptCache">Where prompt embeddings are looked up and kept; null: encoded for each call.</param>
+public sealed class FluxTextToImagePipeline(FluxModelSet models, PromptEmbeddingCache? promptCache = null)
 {
     public FluxModelSet Models { get; } = models;
+    public PromptEmbeddingCache? PromptCache { get; } = promptCache;
 
     /// <param name="capture">Receives prompt_embeds, pooled_prompt_embeds, text_ids, noise_packed, latent_image_ids,
     /// timesteps, sigmas, noise_pred_step{i}, latents_step{i}, latents, latents_unpacked and image.</param>
@@ -23,7 +25,8 @@ public sealed class FluxTextToImagePipeline(FluxModelSet models)
         FluxPipelineStages.CheckSize(inputs);
         using var scope = NewDisposeScope();
         using var _ = no_grad();
-        using var prompt = FluxPipelineStages.EncodePrompt(Models, inputs, progress, cancellationToken, capture);
+        using var promptLease = FluxPipelineStages.EncodePrompt(Models, PromptCache, inputs, progress, cancellationToken, capture);
+        var prompt = promptLease.Prompt;
         var initialNoise = FluxPipelineStages.DrawNoise(Models, inputs, noise);
         var sampler = new FluxConditionedSampler(Models.Transformer, Models.Scheduler, consistencyLora: null);
         progress?.Invoke(new StylizationProgress(GenerationPhases.Denoising, 0, inputs.Steps));

@@ -13,11 +13,14 @@ namespace OmniConsistency.Inference.Pipelines;
 /// second draw, shift/scale and pack it, warm up the condition branch (a K/V bank owned by this call), denoise, unpack,
 /// VAE-decode and map to [0, 1]. Style LoRAs are not this class's business: attach them to the model set's modules
 /// around the call (they then also act on the condition tokens in the warm-up, as upstream, quirk Q20).
-/// Every tensor lives in dispose scopes; the call leaves nothing behind but its output.
+/// Every tensor lives in dispose scopes; the call leaves nothing behind but its output (and, with
+/// <paramref name="promptCache"/>, the prompt embeddings that cache keeps).
 /// </summary>
-public sealed class OmniConsistencyPipeline(FluxModelSet models)
+/// <param name="promptCache">Where prompt embeddings are looked up and kept; null: encoded for each call.</param>
+public sealed class OmniConsistencyPipeline(FluxModelSet models, PromptEmbeddingCache? promptCache = null)
 {
     public FluxModelSet Models { get; } = models;
+    public PromptEmbeddingCache? PromptCache { get; } = promptCache;
 
     /// <param name="noise">The generation's random draws (seeded, or given tensors).</param>
     /// <param name="progress">Phase changes and one report per denoising step.</param>
@@ -39,7 +42,8 @@ public sealed class OmniConsistencyPipeline(FluxModelSet models)
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         var vae = Models.Vae;
-        using var prompt = FluxPipelineStages.EncodePrompt(Models, inputs, progress, cancellationToken, capture);
+        using var promptLease = FluxPipelineStages.EncodePrompt(Models, PromptCache, inputs, progress, cancellationToken, capture);
+        var prompt = promptLease.Prompt;
 
         cancellationToken.ThrowIfCancellationRequested();
         progress?.Invoke(new StylizationProgress(GenerationPhases.EncodingCondition, 0, inputs.Steps));
@@ -84,17 +88,27 @@ internal static class FluxPipelineStages
         if (!double.IsFinite(inputs.GuidanceScale)) throw new ArgumentException($"Guidance must be finite, got {inputs.GuidanceScale}.");
     }
 
-    public static EncodedPrompt EncodePrompt(FluxModelSet models, FluxGenerationInputs inputs, Action<StylizationProgress>? progress,
-        CancellationToken cancellationToken, Action<string, Tensor>? capture)
+    /// <summary>
+    /// CLIP + T5 on the inputs' prompts, outputs in the transformer's dtype and device (the text encoders may live
+    /// elsewhere), from <paramref name="cache"/> when given (uncached otherwise: the same computation, so the results are
+    /// bit-identical either way). Dispose the lease when the generation ends.
+    /// </summary>
+    public static PromptEmbeddingLease EncodePrompt(FluxModelSet models, PromptEmbeddingCache? cache, FluxGenerationInputs inputs,
+        Action<StylizationProgress>? progress, CancellationToken cancellationToken, Action<string, Tensor>? capture)
     {
         cancellationToken.ThrowIfCancellationRequested();
         progress?.Invoke(new StylizationProgress(GenerationPhases.EncodingPrompt, 0, inputs.Steps));
-        var prompt = models.PromptEncoder.Encode(inputs.Prompt, inputs.Prompt2, inputs.MaxSequenceLength);
-        capture?.Invoke("prompt_embeds", prompt.PromptEmbeds);
-        capture?.Invoke("pooled_prompt_embeds", prompt.PooledPromptEmbeds);
-        capture?.Invoke("text_ids", prompt.TextIds);
-        return prompt;
+        cache ??= Uncached;
+        var lease = cache.Acquire(models.PromptEncoder, inputs.Prompt, inputs.Prompt2, inputs.MaxSequenceLength, models.DType, models.Device,
+            inputs.TextEncoderState, cancellationToken);
+        capture?.Invoke("prompt_embeds", lease.Prompt.PromptEmbeds);
+        capture?.Invoke("pooled_prompt_embeds", lease.Prompt.PooledPromptEmbeds);
+        capture?.Invoke("text_ids", lease.Prompt.TextIds);
+        return lease;
     }
+
+    /// <summary>A disabled cache: encodes every time, keeps nothing (holds no tensors, so it is never disposed).</summary>
+    private static readonly PromptEmbeddingCache Uncached = new(0);
 
     /// <summary>randn [1, c, 2⌊H/16⌋, 2⌊W/16⌋] in the transformer's dtype (the reference draws in prompt_embeds' dtype, the model dtype).</summary>
     public static Tensor DrawNoise(FluxModelSet models, FluxGenerationInputs inputs, GenerationNoise noise)

@@ -19,13 +19,16 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
     private readonly SemaphoreSlim _gate = new(1, 1);
     private readonly StylizationPipeline _pipeline;
     private readonly LoraAdapterCache? _cache;
+    private readonly PromptEmbeddingCache _promptCache;
     private readonly bool _ownsModels;
     private readonly ILogger _logger;
     // LoRA cache counters for the service's /metrics (it listens to meters named "OmniConsistency.*"); published as
     // deltas of the cache's own snapshot after each generation and preload. Plus the gauge lora_cache_bytes.
     private readonly Meter _meter = new("OmniConsistency.Inference");
     private readonly Counter<long> _loraHits, _loraMisses, _loraEvictions, _loraDiskLoads;
+    private readonly Counter<long> _promptHits, _promptMisses, _promptEvictions;
     private LoraCacheMetrics? _publishedMetrics;
+    private PromptCacheMetrics? _publishedPromptMetrics;
     private readonly object _metricsGate = new();
     private int _disposed;
 
@@ -48,6 +51,12 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
         // Bytes are a level, not a count: observed from the cache's snapshot when a listener collects.
         _meter.CreateObservableGauge("lora_cache_bytes", ObserveCacheBytes, unit: "By",
             description: "Bytes of converted style LoRAs held by the cache, per tier (working; host-copy on an accelerator)");
+        _promptHits = _meter.CreateCounter<long>("prompt_cache_hits", description: "Prompt encodes served from the prompt-embedding cache");
+        _promptMisses = _meter.CreateCounter<long>("prompt_cache_misses", description: "Prompt encodes that ran CLIP + T5 (or joined one in progress)");
+        _promptEvictions = _meter.CreateCounter<long>("prompt_cache_evictions", description: "Prompt embeddings evicted to make room");
+        _meter.CreateObservableGauge("prompt_cache_bytes", ObservePromptCacheBytes, unit: "By",
+            description: "Bytes of prompt embeddings held by the prompt-embedding cache");
+        _promptCache = new PromptEmbeddingCache(options.PromptCacheBytes);
         _ownsModels = ownsModels;
         Options = options;
         StyleCatalog? catalog = null;
@@ -67,7 +76,7 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
                     : throw new ArgumentException($"PreloadStyles names '{name}', which is not a style of {catalog.Folder}.")).ToList(),
             }, loggerFactory.CreateLogger<LoraAdapterCache>());
         }
-        _pipeline = new StylizationPipeline(models, options, catalog, _cache, loggerFactory.CreateLogger<StylizationPipeline>());
+        _pipeline = new StylizationPipeline(models, options, catalog, _cache, loggerFactory.CreateLogger<StylizationPipeline>(), _promptCache);
         Info = new EngineInfo(models.Name, builtIn, models.Device.ToString(), DTypeName(models.DType),
             options.MaxSide - options.MaxSide % 16, options.MaxCondSize - options.MaxCondSize % 16);
     }
@@ -93,7 +102,11 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
             var paths = BuiltInModel.EnsureCreated(options.DataDirectory, logger);
             logger.LogWarning("No model is configured: serving the built-in model with RANDOM weights from {Folder} (images will be noise-like). " +
                               "Set ModelPath (or TransformerPath/VaePath/TextEncodersPath) and ConsistencyLoraPath to serve FLUX.1-dev.", paths.Root);
-            modelOptions = paths.ModelSetOptions(options.Device, options.DType);
+            modelOptions = paths.ModelSetOptions(options.Device, options.DType) with
+            {
+                TextEncoderDevice = options.TextEncoderDevice,
+                TextEncoderDType = options.TextEncoderDType,
+            };
             styles ??= paths.StylesFolder;
         }
         else
@@ -109,12 +122,15 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
                 ConsistencyLoraFile = NullIfBlank(options.ConsistencyLoraPath),
                 Device = options.Device,
                 DType = options.DType,
+                TextEncoderDevice = options.TextEncoderDevice,
+                TextEncoderDType = options.TextEncoderDType,
             };
         }
         var models = FluxModelSet.Load(modelOptions);
         try
         {
-            logger.LogInformation("Loaded model {Model} on {Device} ({DType}) in {Seconds:F1} s", models.Name, models.Device, models.DType, models.LoadTime.TotalSeconds);
+            logger.LogInformation("Loaded model {Model} on {Device} ({DType}), text encoders on {EncoderDevice} ({EncoderDType}), in {Seconds:F1} s",
+                models.Name, models.Device, models.DType, models.PromptEncoder.T5Device, models.PromptEncoder.T5DType, models.LoadTime.TotalSeconds);
             return new StylizationEngine(models, options, NullIfBlank(styles), builtIn, ownsModels: true, loggerFactory);
         }
         catch
@@ -132,7 +148,10 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
     /// <summary>The LoRA cache's counters (null without a style folder).</summary>
     public LoraCacheMetrics? LoraCacheMetrics => _cache?.Metrics;
 
-    /// <summary>Live tensors the last generation left behind on its thread; 0 unless something leaks.</summary>
+    /// <summary>The prompt-embedding cache's counters (disabled with <see cref="StylizationEngineOptions.PromptCacheBytes"/> = 0).</summary>
+    public PromptCacheMetrics PromptCacheMetrics => _promptCache.Metrics;
+
+    /// <summary>Live tensors the last generation left behind on its thread, beyond the prompt embeddings the cache keeps; 0 unless something leaks.</summary>
     public long LastGenerationLiveTensorDelta => _pipeline.LastGenerationLiveTensorDelta;
 
     /// <summary>Loads the configured <see cref="StylizationEngineOptions.PreloadStyles"/> into the LoRA cache; returns the failures.</summary>
@@ -146,6 +165,15 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
 
     private void PublishCacheCounters()
     {
+        lock (_metricsGate)
+        {
+            var prompt = _promptCache.Metrics;
+            var published = _publishedPromptMetrics;
+            _promptHits.Add(prompt.Hits - (published?.Hits ?? 0));
+            _promptMisses.Add(prompt.Misses - (published?.Misses ?? 0));
+            _promptEvictions.Add(prompt.Evictions - (published?.Evictions ?? 0));
+            _publishedPromptMetrics = prompt;
+        }
         if (_cache is null) return;
         lock (_metricsGate)
         {
@@ -169,6 +197,9 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
             new Measurement<long>(m.HostCopyBytes, new KeyValuePair<string, object?>("tier", "host-copy")),
         ];
     }
+
+    private IEnumerable<Measurement<long>> ObservePromptCacheBytes() =>
+        Volatile.Read(ref _disposed) != 0 ? [] : [new Measurement<long>(_promptCache.Metrics.Bytes)];
 
     /// <summary>Rescans the style folder (new or removed LoRA files).</summary>
     public void RefreshStyles() => _pipeline.Catalog?.Refresh();
@@ -220,6 +251,7 @@ public sealed class StylizationEngine : IStylizationEngine, IDisposable
         try
         {
             _cache?.Dispose();
+            _promptCache.Dispose();
             _meter.Dispose();
             if (_ownsModels) _pipeline.Models.Dispose();
         }

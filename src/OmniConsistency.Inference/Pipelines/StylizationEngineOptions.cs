@@ -37,6 +37,16 @@ public sealed record StylizationEngineOptions
     public string Device { get; set; } = "auto";
     /// <summary>"bfloat16", "float32", ...; default bfloat16 on CUDA, float32 on CPU.</summary>
     public string? DType { get; set; }
+    /// <summary>Where CLIP and T5 run: "auto" (= <see cref="Device"/>), "cpu", "cuda", "cuda:N". "cpu" keeps T5-XXL's
+    /// 9.5 GB (bf16) off a small GPU at the cost of a slower encode (cached prompts skip it: <see cref="PromptCacheBytes"/>).
+    /// Their outputs are moved to the transformer's device and dtype.</summary>
+    public string TextEncoderDevice { get; set; } = "auto";
+    /// <summary>The text encoders' dtype; default: <see cref="DType"/>'s choice when they share the model's device, else
+    /// float32 on the CPU (bfloat16 halves T5-XXL's 19 GB there), bfloat16 on CUDA.</summary>
+    public string? TextEncoderDType { get; set; }
+    /// <summary>Bytes of prompt embeddings (T5 hidden states + CLIP pooled) kept for repeated prompts; 0 disables. One
+    /// FLUX prompt is 4 MB in bf16, 8 MB in fp32.</summary>
+    public long PromptCacheBytes { get; set; } = 64L << 20;
     /// <summary>libtorch intra-op threads (torch.set_num_threads); null = libtorch's default.</summary>
     public int? Threads { get; set; }
     /// <summary>Warm up the condition branch without the T5 tokens (spec §8.8): same result up to float rounding, cheaper.</summary>
@@ -123,17 +133,26 @@ public sealed record StylizationEngineOptions
         Require(JpegQuality is >= 1 and <= 100 && WebpQuality is >= 1 and <= 100, "JpegQuality and WebpQuality must be in 1..100");
         Require(LoraHostBudgetBytes >= 0 && LoraDeviceBudgetBytes >= 0 && LoraMergeBudgetBytes >= 0, "LoRA budgets must not be negative");
         Require(StyleRefreshSeconds >= 0, $"StyleRefreshSeconds must not be negative (got {StyleRefreshSeconds})");
+        Require(PromptCacheBytes >= 0, $"PromptCacheBytes must not be negative (got {PromptCacheBytes})");
         Require(Threads is null or >= 1, $"Threads must be at least 1 (got {Threads})");
         Require(!string.IsNullOrWhiteSpace(DataDirectory), "DataDirectory must be set");
         Require(UsesBuiltInModel || !string.IsNullOrWhiteSpace(ConsistencyLoraPath), "ConsistencyLoraPath (OmniConsistency.safetensors) is required with a configured model");
-        try
+        foreach (var check in new Action[]
+                 {
+                     () => _ = LoraPolicy,
+                     () => TorchRuntime.ParseDType(DType),
+                     () => TorchRuntime.ParseDType(TextEncoderDType),
+                     () => FluxModelSetOptions.CheckDeviceName(TextEncoderDevice, nameof(TextEncoderDevice)),
+                 })
         {
-            _ = LoraPolicy;
-            if (DType is not null) TorchRuntime.ParseDType(DType);
-        }
-        catch (ArgumentException e)
-        {
-            problems.Add(e.Message.TrimEnd('.'));
+            try
+            {
+                check();
+            }
+            catch (ArgumentException e)
+            {
+                problems.Add(e.Message.TrimEnd('.'));
+            }
         }
         if (problems.Count > 0) throw new ArgumentException("Invalid stylization engine options: " + string.Join("; ", problems) + ".");
     }

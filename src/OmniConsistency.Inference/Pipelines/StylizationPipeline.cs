@@ -22,10 +22,13 @@ public sealed class StylizationPipeline
     private readonly StylizationEngineOptions _options;
     private readonly ImageCodec _codec;
     private readonly LoraAdapterCache? _cache;
+    private readonly PromptEmbeddingCache? _promptCache;
     private readonly LoraApplicationPolicy _policy;
     private readonly ILogger _logger;
 
-    public StylizationPipeline(FluxModelSet models, StylizationEngineOptions options, StyleCatalog? catalog, LoraAdapterCache? cache, ILogger? logger = null)
+    /// <param name="promptCache">Prompt embeddings kept across generations (null: each generation encodes).</param>
+    public StylizationPipeline(FluxModelSet models, StylizationEngineOptions options, StyleCatalog? catalog, LoraAdapterCache? cache, ILogger? logger = null,
+        PromptEmbeddingCache? promptCache = null)
     {
         ArgumentNullException.ThrowIfNull(models);
         ArgumentNullException.ThrowIfNull(options);
@@ -37,6 +40,7 @@ public sealed class StylizationPipeline
         _codec = new ImageCodec(options.ImageLimits);
         Catalog = catalog;
         _cache = cache;
+        _promptCache = promptCache;
         _policy = options.LoraPolicy;
         _logger = logger ?? NullLogger.Instance;
         Planner = new StylizationPlanner(options, _codec, catalog);
@@ -46,7 +50,8 @@ public sealed class StylizationPipeline
     public StyleCatalog? Catalog { get; }
     public StylizationPlanner Planner { get; }
 
-    /// <summary>Live tensors the last generation left on its thread (DisposeScope statistics); 0 unless something leaks.</summary>
+    /// <summary>Live tensors the last generation left on its thread (DisposeScope statistics) beyond those the prompt cache
+    /// took over (<see cref="PromptEmbeddingCache.ThreadRetainedTensorCount"/>); 0 unless something leaks.</summary>
     public long LastGenerationLiveTensorDelta { get; private set; }
 
     /// <summary>Validates and resolves a request (see <see cref="StylizationPlanner"/>).</summary>
@@ -97,6 +102,7 @@ public sealed class StylizationPipeline
     {
         var clock = Stopwatch.StartNew();
         long liveBefore = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        long retainedBefore = PromptEmbeddingCache.ThreadRetainedTensorCount;
         try
         {
             cancellationToken.ThrowIfCancellationRequested();
@@ -122,8 +128,9 @@ public sealed class StylizationPipeline
                     GuidanceScale = plan.Guidance,
                     ConditionImage = ImageTensors.ToTensor(condition, Models.Device),
                     TextFreeWarmup = _options.TextFreeWarmup,
+                    TextEncoderState = TextEncoderState(set, mode),
                 };
-                using var output = new OmniConsistencyPipeline(Models).Run(inputs, noise, progress is null ? null : progress.Report, cancellationToken);
+                using var output = new OmniConsistencyPipeline(Models, _promptCache).Run(inputs, noise, progress is null ? null : progress.Report, cancellationToken);
                 warnings.AddRange(output.TruncationWarnings());
                 var rgb = ImageTensors.ToImages(output.Image)[0];
                 encoded = _codec.Encode(rgb, plan.OutputFormat, _options.EncodeOptions);
@@ -133,9 +140,25 @@ public sealed class StylizationPipeline
         }
         finally
         {
-            LastGenerationLiveTensorDelta = DisposeScopeManager.Statistics.ThreadTotalLiveCount - liveBefore;
+            LastGenerationLiveTensorDelta = DisposeScopeManager.Statistics.ThreadTotalLiveCount - liveBefore
+                - (PromptEmbeddingCache.ThreadRetainedTensorCount - retainedBefore);
             if (LastGenerationLiveTensorDelta != 0)
                 _logger.LogWarning("A generation left {Count} live tensors on its thread", LastGenerationLiveTensorDelta);
         }
+    }
+
+    /// <summary>
+    /// The style adapters that change the text encoders' output in this generation, for the prompt-cache key: each
+    /// adapter's identity and weight in order, and whether merged or run-time (they round differently). Null when none
+    /// acts on CLIP (no text-encoder modules, zero weight, or CLIP not adaptable: another dtype/device than the model).
+    /// </summary>
+    internal string? TextEncoderState(LoraAdapterSet set, LoraApplication mode)
+    {
+        if (Models.ClipTargets is null) return null;
+        var parts = set.Entries
+            .Where(e => e.Weight * set.LoraScale != 0 && e.Adapter.ModulesOf(LoraComponent.TextEncoder).Any(m => m.Scale != 0))
+            .Select(e => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{PromptEmbeddingCache.IdentityOf(e.Adapter)}x{e.Weight:R}"))
+            .ToList();
+        return parts.Count == 0 ? null : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{mode} lora_scale {set.LoraScale:R}: {string.Join(", ", parts)}");
     }
 }

@@ -49,12 +49,23 @@ public sealed class PromptEncoder : IDisposable
         T5Tokenizer = t5Tokenizer;
         T5 = t5;
         _ownsModels = ownsModels;
+        // Read once: the weights stay where they were loaded (a prompt cache keys its entries on them).
+        var clipWeight = clip.parameters().First();
+        var t5Weight = t5.parameters().First();
+        ClipDType = clipWeight.dtype;
+        ClipDevice = clipWeight.device;
+        T5DType = t5Weight.dtype;
+        T5Device = t5Weight.device;
     }
 
     public ClipTokenizer ClipTokenizer { get; }
     public ClipTextModel Clip { get; }
     public T5Tokenizer T5Tokenizer { get; }
     public T5EncoderModel T5 { get; }
+    public ScalarType ClipDType { get; }
+    public Device ClipDevice { get; }
+    public ScalarType T5DType { get; }
+    public Device T5Device { get; }
 
     /// <summary>
     /// Loads <c>tokenizer/</c>, <c>text_encoder/</c>, <c>tokenizer_2/</c> and <c>text_encoder_2/</c> of a FLUX model folder.
