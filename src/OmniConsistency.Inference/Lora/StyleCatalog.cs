@@ -94,6 +94,12 @@ public sealed class StyleCatalog
                 {
                     if (_options.Time.GetElapsedTime(Volatile.Read(ref _scannedAt)) >= interval) Refresh();
                 }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    // Reads must not fail because a rescan did (folder briefly gone): keep the listing, retry next interval.
+                    _logger.LogWarning("Style catalog {Folder}: rescan failed, the previous listing stays in use ({Error})", Folder, e.Message);
+                    Volatile.Write(ref _scannedAt, _options.Time.GetTimestamp());
+                }
                 finally
                 {
                     _scanGate.Exit();
@@ -116,7 +122,15 @@ public sealed class StyleCatalog
         if (!Current.ByName.TryGetValue(name, out var entry))
             throw new StylizationRequestException("unknown-style", $"There is no style named '{name}'.");
         // The folder may have changed since the scan: the file must still be a regular file inside it.
-        var real = SafePaths.RealPath(Path.Combine(Folder, name + ".safetensors"));
+        string real;
+        try
+        {
+            real = SafePaths.RealPath(Path.Combine(Folder, name + ".safetensors"));
+        }
+        catch (IOException)
+        {
+            throw new StylizationRequestException("unknown-style", $"Style '{name}' is no longer available.");
+        }
         if (!SafePaths.IsInside(real, Folder) || !File.Exists(real))
             throw new StylizationRequestException("unknown-style", $"Style '{name}' is no longer available.");
         return entry with { LoraPath = real };
@@ -149,7 +163,16 @@ public sealed class StyleCatalog
                 problems.Add($"{file}: skipped, '{name}' is not a valid style name");
                 continue;
             }
-            var real = SafePaths.RealPath(path);
+            string real;
+            try
+            {
+                real = SafePaths.RealPath(path);
+            }
+            catch (IOException e)
+            {
+                problems.Add($"{file}: skipped, its link can't be resolved ({e.Message})");
+                continue;
+            }
             if (!SafePaths.IsInside(real, Folder))
             {
                 problems.Add($"{file}: skipped, it links outside the style folder");

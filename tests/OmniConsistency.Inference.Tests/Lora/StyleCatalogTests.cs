@@ -93,6 +93,45 @@ public class StyleCatalogTests
     }
 
     [Fact]
+    public void ARescanThatHitsAnUnreadableFileOrFolderKeepsTheCatalogServing()
+    {
+        using var dir = new TempFolder();
+        var clock = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();
+        Touch(dir.File("a.safetensors"));
+        var catalog = new StyleCatalog(new StyleCatalogOptions { Folder = dir.Path, RefreshInterval = TimeSpan.FromSeconds(30), Time = clock });
+
+        // A link loop dropped into the folder is one skipped file, not an exception out of every catalog read.
+        File.CreateSymbolicLink(dir.File("loop.safetensors"), "loop.safetensors");
+        Touch(dir.File("b.safetensors"));
+        clock.Advance(TimeSpan.FromSeconds(30));
+        Assert.Equal(["a", "b"], catalog.Styles.Select(s => s.Name));
+        Assert.Contains(catalog.Problems, p => p.StartsWith("loop.safetensors", StringComparison.Ordinal));
+        Assert.Equal("unknown-style", Assert.Throws<StylizationRequestException>(() => catalog.Resolve("loop")).ErrorType);
+        // A listed style turned into a loop before the next scan: unknown at resolve time, not an IOException.
+        File.Delete(dir.File("b.safetensors"));
+        File.CreateSymbolicLink(dir.File("b.safetensors"), "b.safetensors");
+        Assert.Equal("unknown-style", Assert.Throws<StylizationRequestException>(() => catalog.Resolve("b")).ErrorType);
+        File.Delete(dir.File("b.safetensors"));
+        Touch(dir.File("b.safetensors"));
+
+        // The folder briefly gone (a volume remount): the previous listing stays in use, the next interval rescans.
+        var moved = dir.Path + "-moved";
+        Directory.Move(dir.Path, moved);
+        try
+        {
+            clock.Advance(TimeSpan.FromSeconds(30));
+            Assert.Equal(["a", "b"], catalog.Styles.Select(s => s.Name));
+        }
+        finally
+        {
+            Directory.Move(moved, dir.Path);
+        }
+        Touch(dir.File("c.safetensors"));
+        clock.Advance(TimeSpan.FromSeconds(30));
+        Assert.Equal(["a", "b", "c"], catalog.Styles.Select(s => s.Name));
+    }
+
+    [Fact]
     public void SymlinksOutOfTheFolderAreRefusedAndInsideAccepted()
     {
         using var dir = new TempFolder();
