@@ -101,9 +101,18 @@ internal static class FluxPipelineStages
         cache ??= Uncached;
         var lease = cache.Acquire(models.PromptEncoder, inputs.Prompt, inputs.Prompt2, inputs.MaxSequenceLength, models.DType, models.Device,
             inputs.TextEncoderState, cancellationToken);
-        capture?.Invoke("prompt_embeds", lease.Prompt.PromptEmbeds);
-        capture?.Invoke("pooled_prompt_embeds", lease.Prompt.PooledPromptEmbeds);
-        capture?.Invoke("text_ids", lease.Prompt.TextIds);
+        try
+        {
+            capture?.Invoke("prompt_embeds", lease.Prompt.PromptEmbeds);
+            capture?.Invoke("pooled_prompt_embeds", lease.Prompt.PooledPromptEmbeds);
+            capture?.Invoke("text_ids", lease.Prompt.TextIds);
+        }
+        catch
+        {
+            // The caller never gets the lease: release it here, or the entry's tensors outlive the cache.
+            lease.Dispose();
+            throw;
+        }
         return lease;
     }
 

@@ -67,6 +67,29 @@ public class PromptCacheTests
     }
 
     [Fact]
+    public void ACaptureHookThatThrowsDoesNotLeaveTheEntryReferenced()
+    {
+        using var models = TinyModels();
+        var cache = new PromptEmbeddingCache(64L << 20);
+        using var scope = NewDisposeScope();
+        var request = BuiltInEngineFixture.SmallRequest();
+        var condition = Inference.Imaging.ImageTensors.ToTensor(Inference.Imaging.ConditionImage.Fit(new Inference.Imaging.ImageCodec().Decode(request.Image), 32, ConditionFit.Stretch), models.Device);
+        var inputs = new OmniConsistencyInputs { Prompt = "a red house", Width = 64, Height = 48, Steps = 1, ConditionImage = condition };
+        Tensor? seen = null;
+        void Capture(string name, Tensor t)
+        {
+            if (name != "prompt_embeds") return;
+            seen = t;
+            throw new InvalidOperationException("capture failed");
+        }
+        using var noise = GenerationNoise.FromSeed(5);
+        Assert.Throws<InvalidOperationException>(() => new FluxTextToImagePipeline(models, cache).Run(inputs, noise, capture: Capture, cancellationToken: Ct));
+        // The failed generation's lease was released: disposing the cache frees the entry.
+        cache.Dispose();
+        Assert.True(seen!.IsInvalid, "the cached prompt embeddings are still referenced by a lost lease");
+    }
+
+    [Fact]
     public async Task TheEngineCountsHitsAndAGenerationLeaksNothingButTheCachedEntry()
     {
         var data = Directory.CreateTempSubdirectory("prompt-cache-engine-").FullName;
