@@ -35,8 +35,10 @@ public sealed class FluxModelSet : IDisposable
         TransformerTargets = new LoraTargetModules(transformer);
         // CLIP LoRA keys (lora_te1_*) are applied only when CLIP shares the transformer's dtype and device: one adapter
         // cache holds one dtype/device. Otherwise they are reported as not applied.
+        // Compared on the weights themselves: a configured "cuda" has no index while its tensors live on cuda:0.
         var clipWeight = promptEncoder.Clip.parameters().First();
-        bool sameDevice = clipWeight.device.type == transformer.Device.type && clipWeight.device.index == transformer.Device.index;
+        var transformerWeight = transformer.parameters().First();
+        bool sameDevice = clipWeight.device.type == transformerWeight.device.type && clipWeight.device.index == transformerWeight.device.index;
         ClipTargets = clipWeight.dtype == transformer.DType && sameDevice ? new LoraTargetModules(promptEncoder.Clip) : null;
         LoraTargets = new LoraModelTargets(TransformerTargets.Shapes, ClipTargets?.Shapes);
     }
