@@ -174,6 +174,7 @@ public static class ServiceApp
         var v1 = app.MapGroup("/v1").RequireAuthorization().RequireRateLimiting(PerKeyPolicy).WithTags("Stylizations");
         StylizationEndpoints.Map(v1);
         StyleEndpoints.Map(app.MapGroup("/v1").RequireAuthorization().RequireRateLimiting(PerKeyPolicy).WithTags("Styles"));
+        InfoEndpoints.Map(app.MapGroup("/v1").RequireAuthorization().RequireRateLimiting(PerKeyPolicy).WithTags("Service"));
         HealthEndpoints.Map(app);
         app.MapGet("/", () => Results.Redirect("/swagger")).ExcludeFromDescription();
         return app;

@@ -12,7 +12,7 @@ public static class OpenApiSetup
         o.SwaggerDoc("v1", new OpenApiInfo
         {
             Title = "OmniConsistency API",
-            Version = "v1",
+            Version = InfoEndpoints.ApiVersion,
             Description = "Stylize photos with FLUX.1-dev + OmniConsistency and style LoRAs. Submit a job, then poll it, stream its " +
                           "events (SSE) or receive signed webhooks (Standard Webhooks). Errors are RFC 9457 problem+json.",
         });
@@ -63,9 +63,9 @@ public static class OpenApiSetup
             var common = new Dictionary<string, IOpenApiSchema>
             {
                 ["prompt"] = WithExample(Str("Optional prompt; the styles' trigger words are added from the catalog."), Empty()),
-                ["width"] = Int("Output width, multiple of 16. Default: the photo's aspect ratio at about 1 megapixel."),
+                ["width"] = Int("Output width, multiple of 16 (limits: GET /v1/info). Default: the photo's aspect ratio at about 1 megapixel."),
                 ["height"] = Int("Output height, multiple of 16."),
-                ["steps"] = Int("Denoising steps, 1-50 (default 25).", 25),
+                ["steps"] = Int("Denoising steps (range and default: GET /v1/info).", 25),
                 ["guidance"] = new OpenApiSchema { Type = JsonSchemaType.Number, Description = "Guidance scale (default 3.5).", Example = JsonValue.Create(3.5) },
                 ["seed"] = new OpenApiSchema { Type = JsonSchemaType.Integer, Format = "int64", Description = "Random if absent; always returned.", Example = Empty() },
                 ["condSize"] = Int("Condition image size, multiple of 16 (default 512).", 512),

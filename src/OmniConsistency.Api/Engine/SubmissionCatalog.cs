@@ -10,6 +10,8 @@ namespace OmniConsistency.Api.Engine;
 public interface ISubmissionCatalog
 {
     EngineInfo Info { get; }
+    /// <summary>What submissions are checked against here (engine and service limits together).</summary>
+    SubmissionLimits Limits { get; }
     IReadOnlyList<StyleInfo> Styles { get; }
     /// <summary>Throws <see cref="StylizationRequestException"/> when the request can't run.</summary>
     void Validate(StylizationRequest request);
@@ -25,6 +27,17 @@ public interface ISubmissionCatalogSource
     ISubmissionCatalog? Current { get; }
     /// <summary>The 503 to answer while <see cref="Current"/> is null.</summary>
     ApiProblemException Unavailable();
+    /// <summary><see cref="Current"/>'s limits, or, while it is unavailable, the configured ones (known without the model).</summary>
+    SubmissionLimits Limits { get; }
+    /// <summary>The model as this process sees it.</summary>
+    ModelStatus Model { get; }
+}
+
+/// <summary>The model: <paramref name="State"/> is ready (with name, built-in flag, device, dtype), loading, failed
+/// (with <paramref name="Detail"/>) or "not loaded: api role".</summary>
+public sealed record ModelStatus(string State, string? Name = null, bool? BuiltIn = null, string? Device = null, string? DType = null, string? Detail = null)
+{
+    public const string ApiRole = "not loaded: api role";
 }
 
 public static class SubmissionCatalogSourceExtensions
@@ -32,13 +45,22 @@ public static class SubmissionCatalogSourceExtensions
     public static ISubmissionCatalog Require(this ISubmissionCatalogSource source) => source.Current ?? throw source.Unavailable();
 }
 
-/// <summary>The loaded engine answers for itself.</summary>
-public sealed class EngineCatalogSource(EngineHost host) : ISubmissionCatalogSource
+/// <summary>
+/// The loaded engine answers for itself. Its limits are its own options when it is this build's
+/// <see cref="StylizationEngine"/>; an engine registered through the extension point (or one still loading) is held to
+/// the configured Omni:Engine limits and its reported MaxSide/MaxCondSize.
+/// </summary>
+public sealed class EngineCatalogSource(EngineHost host, IOptions<EngineCatalogOptions> catalogOptions, IOptions<LimitsOptions> limitsOptions)
+    : ISubmissionCatalogSource
 {
-    private sealed class View(IStylizationEngine engine) : ISubmissionCatalog
+    private readonly SubmissionLimits _configured =
+        SubmissionLimits.Combine(catalogOptions.Value.ToEngineOptions(limitsOptions.Value), null, limitsOptions.Value);
+
+    private sealed class View(IStylizationEngine engine, SubmissionLimits limits) : ISubmissionCatalog
     {
         public IStylizationEngine Engine => engine;
         public EngineInfo Info => engine.Info;
+        public SubmissionLimits Limits => limits;
         public IReadOnlyList<StyleInfo> Styles => engine.Styles;
         public void Validate(StylizationRequest request) => engine.Validate(request);
     }
@@ -52,10 +74,19 @@ public sealed class EngineCatalogSource(EngineHost host) : ISubmissionCatalogSou
             var engine = host.Engine;
             if (engine is null) return null;
             var view = _view;
-            if (view is null || !ReferenceEquals(view.Engine, engine)) _view = view = new View(engine);
+            if (view is null || !ReferenceEquals(view.Engine, engine)) _view = view = new View(engine, LimitsOf(engine));
             return view;
         }
     }
+
+    public SubmissionLimits Limits => Current?.Limits ?? _configured;
+
+    public ModelStatus Model => host.Engine is { Info: var info }
+        ? new ModelStatus("ready", info.ModelName, info.BuiltIn, info.Device, info.DType)
+        : host.State == EngineState.Loading ? new ModelStatus("loading") : new ModelStatus("failed", Detail: host.FailureReason);
+
+    private SubmissionLimits LimitsOf(IStylizationEngine engine) => SubmissionLimits.Combine(
+        engine is StylizationEngine own ? own.Options : catalogOptions.Value.ToEngineOptions(limitsOptions.Value), engine.Info, limitsOptions.Value);
 
     public ApiProblemException Unavailable() => new(503, "engine-unavailable", "Engine unavailable",
         host.State == EngineState.Loading ? "The model is still loading; retry shortly." : host.FailureReason ?? "No engine.",
@@ -75,6 +106,7 @@ public sealed class FolderCatalogSource : ISubmissionCatalogSource
 {
     public static readonly TimeSpan RefreshInterval = TimeSpan.FromSeconds(30);
     private readonly EngineCatalogOptions _options;
+    private readonly SubmissionLimits _limits;
     private readonly TimeProvider _time;
     private readonly ILogger<FolderCatalogSource> _logger;
     private readonly Lock _gate = new();
@@ -83,9 +115,10 @@ public sealed class FolderCatalogSource : ISubmissionCatalogSource
 
     private sealed record Snapshot(FolderCatalog? Catalog, string? Error, DateTimeOffset At);
 
-    public FolderCatalogSource(IOptions<EngineCatalogOptions> options, TimeProvider time, ILogger<FolderCatalogSource> logger)
+    public FolderCatalogSource(IOptions<EngineCatalogOptions> options, IOptions<LimitsOptions> limits, TimeProvider time, ILogger<FolderCatalogSource> logger)
     {
         _options = options.Value;
+        _limits = SubmissionLimits.Combine(_options.ToEngineOptions(limits.Value), null, limits.Value);
         _time = time;
         _logger = logger;
         if (string.IsNullOrWhiteSpace(_options.LoraFolder))
@@ -93,6 +126,10 @@ public sealed class FolderCatalogSource : ISubmissionCatalogSource
     }
 
     public ISubmissionCatalog? Current => Load().Catalog;
+
+    public SubmissionLimits Limits => _limits;
+
+    public ModelStatus Model { get; } = new(ModelStatus.ApiRole);
 
     /// <summary>For /readyz: "N styles" or what is wrong with the folder.</summary>
     public string Describe()
@@ -118,7 +155,7 @@ public sealed class FolderCatalogSource : ISubmissionCatalogSource
                 if (_folder is null && !string.IsNullOrWhiteSpace(_options.LoraFolder))
                     _folder = new StyleCatalog(new StyleCatalogOptions { Folder = _options.LoraFolder }, _logger);
                 else _folder?.Refresh();
-                _snapshot = new Snapshot(new FolderCatalog(_options, _folder) { Styles = _folder?.Styles ?? [] }, null, now);
+                _snapshot = new Snapshot(new FolderCatalog(_limits, _folder) { Styles = _folder?.Styles ?? [] }, null, now);
             }
             catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
             {
@@ -129,11 +166,13 @@ public sealed class FolderCatalogSource : ISubmissionCatalogSource
         }
     }
 
-    private sealed record FolderCatalog(EngineCatalogOptions Options, StyleCatalog? Folder) : ISubmissionCatalog
+    private sealed record FolderCatalog(SubmissionLimits Limits, StyleCatalog? Folder) : ISubmissionCatalog
     {
-        public EngineInfo Info { get; } = new("(not loaded: api role)", BuiltIn: false, Device: "none", DType: "none", Options.MaxSide, Options.MaxCondSize);
+        public EngineInfo Info { get; } = new(ModelStatus.ApiRole, BuiltIn: false, Device: "none", DType: "none", Limits.Size.MaxSide, Limits.CondSize.Max);
         public IReadOnlyList<StyleInfo> Styles { get; init; } = [];
 
+        // The submission validator has checked the fields against Limits already; this is the engine's Validate as far
+        // as it can be done without the model (the styles resolve, the size fits the pixel limit).
         public void Validate(StylizationRequest request)
         {
             foreach (var s in request.Styles)
@@ -141,21 +180,22 @@ public sealed class FolderCatalogSource : ISubmissionCatalogSource
                 if (Folder is null) throw new StylizationRequestException("unknown-style", $"There is no style named '{s.Name}' (no style folder is configured).");
                 Folder.Resolve(s.Name);
             }
-            CheckSide("width", request.Width, Info.MaxSide);
-            CheckSide("height", request.Height, Info.MaxSide);
-            CheckSide("condSize", request.CondSize, Info.MaxCondSize);
-            if (request.Width is { } w && request.Height is { } h && (long)w * h > Options.MaxPixels)
-                throw new StylizationRequestException("invalid-size", $"{w}x{h} is more than the {Options.MaxPixels} pixels allowed.");
-            if (request.Steps > Options.MaxSteps)
-                throw new StylizationRequestException("validation-error", $"steps must be at most {Options.MaxSteps} (got {request.Steps}).");
-            if (request.Guidance < Options.MinGuidance || request.Guidance > Options.MaxGuidance)
-                throw new StylizationRequestException("validation-error", $"guidance must be between {Options.MinGuidance} and {Options.MaxGuidance} (got {request.Guidance}).");
+            var size = Limits.Size;
+            CheckSide("width", request.Width, size.MaxSide);
+            CheckSide("height", request.Height, size.MaxSide);
+            CheckSide("condSize", request.CondSize, Limits.CondSize.Max);
+            if (request.Width is { } w && request.Height is { } h && (long)w * h > size.MaxPixels)
+                throw new StylizationRequestException("invalid-size", $"{w}x{h} is more than the {size.MaxPixels} pixels allowed.");
+            if (request.Steps < Limits.Steps.Min || request.Steps > Limits.Steps.Max)
+                throw new StylizationRequestException("validation-error", $"steps must be between {Limits.Steps.Min} and {Limits.Steps.Max} (got {request.Steps}).");
+            if (request.Guidance < Limits.Guidance.Min || request.Guidance > Limits.Guidance.Max)
+                throw new StylizationRequestException("validation-error", $"guidance must be between {Limits.Guidance.Min} and {Limits.Guidance.Max} (got {request.Guidance}).");
         }
 
         private static void CheckSide(string name, int? value, int max)
         {
-            if (value is { } v && (v < 16 || v > max || v % 16 != 0))
-                throw new StylizationRequestException("invalid-size", $"{name} must be a multiple of 16 between 16 and {max} (got {v}).");
+            if (value is { } v && (v < SubmissionLimits.SizeMultiple || v > max || v % SubmissionLimits.SizeMultiple != 0))
+                throw new StylizationRequestException("invalid-size", $"{name} must be a multiple of {SubmissionLimits.SizeMultiple} between {SubmissionLimits.SizeMultiple} and {max} (got {v}).");
         }
     }
 }

@@ -20,34 +20,37 @@ public sealed record ValidatedSubmission(JobParameters Parameters, byte[] Image,
 /// Checks a submission before anything is stored: field ranges, the image (format, byte size, pixel count before
 /// decoding — decompression bombs are refused from the header alone — then a full decode so a corrupt file is a
 /// 400 now rather than a failed job later), styles against the catalog, the webhook destination, then the
-/// engine's own Validate.
+/// engine's own Validate. Every limit comes from <see cref="ISubmissionCatalog.Limits"/> (what GET /v1/info reports);
+/// the byte size was checked against Omni:Limits while reading, and again here where the engine's is smaller.
 /// </summary>
 public sealed class SubmissionValidator(IOptions<LimitsOptions> limitsOptions, DestinationPolicy destinations)
 {
-    private static readonly string[] AcceptedFormats = ["PNG", "JPEG", "WEBP"];
-    private readonly LimitsOptions _limits = limitsOptions.Value;
     private readonly SemaphoreSlim _decodeSlots = new(limitsOptions.Value.MaxConcurrentImageChecks);
 
     public async Task<ValidatedSubmission> ValidateAsync(RawSubmission raw, ISubmissionCatalog engine, CancellationToken ct)
     {
-        var info = engine.Info;
-        var steps = raw.Steps ?? 25;
-        var guidance = raw.Guidance ?? 3.5;
-        var condSize = raw.CondSize ?? Math.Min(512, info.MaxCondSize);
+        var limits = engine.Limits;
+        var steps = raw.Steps ?? limits.Steps.Default;
+        var guidance = raw.Guidance ?? limits.Guidance.Default;
+        var condSize = raw.CondSize ?? limits.CondSize.Default;
+        var maxSide = limits.Size.MaxSide;
 
         if (raw.Image is null && !raw.Errors.ContainsKey("image")) raw.AddError("image", "An image is required (file part 'image' or base64 'image').");
-        if (steps is < 1 or > 50) raw.AddError("steps", $"Must be between 1 and 50 (got {steps}).");
-        if (!double.IsFinite(guidance) || guidance < 0 || guidance > 30) raw.AddError("guidance", $"Must be between 0 and 30 (got {guidance}).");
+        if (steps < limits.Steps.Min || steps > limits.Steps.Max) raw.AddError("steps", $"Must be between {limits.Steps.Min} and {limits.Steps.Max} (got {steps}).");
+        if (!double.IsFinite(guidance) || guidance < limits.Guidance.Min || guidance > limits.Guidance.Max)
+            raw.AddError("guidance", $"Must be between {limits.Guidance.Min} and {limits.Guidance.Max} (got {guidance}).");
         if (raw.Seed is < 0) raw.AddError("seed", "Must not be negative.");
-        CheckSide(raw, "width", raw.Width, info.MaxSide);
-        CheckSide(raw, "height", raw.Height, info.MaxSide);
-        CheckSide(raw, "condSize", condSize, info.MaxCondSize);
-        if (raw.Prompt is { Length: var pl } && pl > _limits.MaxPromptLength) raw.AddError("prompt", $"At most {_limits.MaxPromptLength} characters (got {pl}).");
+        CheckSide(raw, "width", raw.Width, limits.Size.MinSide, maxSide, limits.Size.Multiple);
+        CheckSide(raw, "height", raw.Height, limits.Size.MinSide, maxSide, limits.Size.Multiple);
+        CheckSide(raw, "condSize", condSize, limits.CondSize.Min, limits.CondSize.Max, limits.CondSize.Multiple);
+        if (raw.Prompt is { Length: var pl } && pl > limits.Prompt.MaxLength) raw.AddError("prompt", $"At most {limits.Prompt.MaxLength} characters (got {pl}).");
         var fit = ParseEnum(raw, "conditionFit", raw.ConditionFit, ConditionFit.Stretch);
         var format = ParseEnum(raw, "outputFormat", raw.OutputFormat?.ToLowerInvariant() == "jpg" ? "jpeg" : raw.OutputFormat, ImageOutputFormat.Png);
-        if (raw.Styles.Count > _limits.MaxStyles) raw.AddError("style", $"At most {_limits.MaxStyles} styles (got {raw.Styles.Count}).");
+        var styleLimits = limits.Styles;
+        if (raw.Styles.Count > styleLimits.MaxCount) raw.AddError("style", $"At most {styleLimits.MaxCount} styles (got {raw.Styles.Count}).");
         foreach (var (name, weight) in raw.Styles)
-            if (weight is { } w && (!double.IsFinite(w) || w < -4 || w > 4)) raw.AddError("style", $"Weight of '{name}' must be between -4 and 4 (got {w}).");
+            if (weight is { } w && (!double.IsFinite(w) || w < styleLimits.MinWeight || w > styleLimits.MaxWeight))
+                raw.AddError("style", $"Weight of '{name}' must be between {styleLimits.MinWeight} and {styleLimits.MaxWeight} (got {w}).");
         if (raw.Styles.GroupBy(s => s.Name, StringComparer.OrdinalIgnoreCase).FirstOrDefault(g => g.Count() > 1) is { } dup)
             raw.AddError("style", $"Style '{dup.Key}' is given more than once.");
         var events = NormalizeEvents(raw);
@@ -58,14 +61,15 @@ public sealed class SubmissionValidator(IOptions<LimitsOptions> limitsOptions, D
         var image = raw.Image!;
         await _decodeSlots.WaitAsync(ct);
         (int imageWidth, int imageHeight) size;
-        try { size = CheckImage(image); }
+        try { size = CheckImage(image, limits.Image); }
         finally { _decodeSlots.Release(); }
         var (imageWidth, imageHeight) = size;
 
         // One side given: the other follows the photo's aspect ratio, on the 16-pixel grid.
         int? width = raw.Width, height = raw.Height;
-        if (width is { } ow && height is null) height = Math.Clamp(RoundTo16(ow * (double)imageHeight / imageWidth), 16, info.MaxSide);
-        if (height is { } oh && width is null) width = Math.Clamp(RoundTo16(oh * (double)imageWidth / imageHeight), 16, info.MaxSide);
+        var grid = limits.Size.Multiple;
+        if (width is { } ow && height is null) height = Math.Clamp(RoundTo(ow * (double)imageHeight / imageWidth, grid), limits.Size.MinSide, maxSide);
+        if (height is { } oh && width is null) width = Math.Clamp(RoundTo(oh * (double)imageWidth / imageHeight, grid), limits.Size.MinSide, maxSide);
 
         var styles = new List<StyleSelection>();
         var unknown = new List<string>();
@@ -105,13 +109,13 @@ public sealed class SubmissionValidator(IOptions<LimitsOptions> limitsOptions, D
         return new ValidatedSubmission(parameters, image, raw.WebhookUrl, raw.WebhookUrl is null ? [] : events, hash);
     }
 
-    private static int RoundTo16(double v) => (int)Math.Round(v / 16.0) * 16;
+    private static int RoundTo(double v, int grid) => (int)Math.Round(v / grid) * grid;
 
-    private static void CheckSide(RawSubmission raw, string field, int? value, int max)
+    private static void CheckSide(RawSubmission raw, string field, int? value, int min, int max, int multiple)
     {
         if (value is not { } v) return;
-        if (v < 16 || v > max) raw.AddError(field, $"Must be between 16 and {max} (got {v}).");
-        else if (v % 16 != 0) raw.AddError(field, $"Must be a multiple of 16 (got {v}).");
+        if (v < min || v > max) raw.AddError(field, $"Must be between {min} and {max} (got {v}).");
+        else if (v % multiple != 0) raw.AddError(field, $"Must be a multiple of {multiple} (got {v}).");
     }
 
     private static T ParseEnum<T>(RawSubmission raw, string field, string? value, T fallback) where T : struct, Enum
@@ -137,8 +141,11 @@ public sealed class SubmissionValidator(IOptions<LimitsOptions> limitsOptions, D
         return result;
     }
 
-    private (int Width, int Height) CheckImage(byte[] image)
+    private static (int Width, int Height) CheckImage(byte[] image, PhotoLimits limits)
     {
+        // Omni:Limits:MaxImageBytes was enforced while reading; the engine's may be smaller.
+        if (image.LongLength > limits.MaxBytes)
+            throw new ApiProblemException(413, "image-too-large", "Image too large", $"The image has {image.LongLength} bytes; the limit is {limits.MaxBytes}.");
         IImageInfo? info;
         IImageFormat? format;
         try
@@ -149,13 +156,13 @@ public sealed class SubmissionValidator(IOptions<LimitsOptions> limitsOptions, D
         {
             throw InvalidImage($"The image header is corrupt: {ex.Message}");
         }
-        if (info is null || format is null || !AcceptedFormats.Contains(format.Name, StringComparer.OrdinalIgnoreCase))
+        if (info is null || format is null || !limits.Formats.Contains(format.Name, StringComparer.OrdinalIgnoreCase))
             throw InvalidImage(format is null ? "The data is not a PNG, JPEG or WebP image." : $"{format.Name} images are not accepted; send PNG, JPEG or WebP.");
         if (info.Width <= 0 || info.Height <= 0) throw InvalidImage("The image has no pixels.");
         var pixels = (long)info.Width * info.Height;
-        if (info.Width > _limits.MaxImageSide || info.Height > _limits.MaxImageSide || pixels > _limits.MaxImagePixels)
+        if (info.Width > limits.MaxSide || info.Height > limits.MaxSide || pixels > limits.MaxPixels)
             throw new ApiProblemException(413, "image-too-large", "Image too large",
-                $"The image is {info.Width}x{info.Height} ({pixels} pixels); the limits are {_limits.MaxImageSide} pixels a side and {_limits.MaxImagePixels} pixels.");
+                $"The image is {info.Width}x{info.Height} ({pixels} pixels); the limits are {limits.MaxSide} pixels a side and {limits.MaxPixels} pixels.");
         try
         {
             // Within the pixel limit, so the decode's memory is bounded.

@@ -1,4 +1,5 @@
 using System.ComponentModel.DataAnnotations;
+using OmniConsistency.Inference.Pipelines;
 
 namespace OmniConsistency.Api.Options;
 
@@ -72,20 +73,58 @@ public sealed class S3BlobOptions
 /// <summary>
 /// What the api role accepts without loading the model: the style catalog is the engine's LoRA folder itself (mounted
 /// read-only, as in the workers) and the request limits are the engine's. It reads the same "Omni:Engine" keys as the
-/// engine (same names and defaults as StylizationEngineOptions), so one configuration describes both roles; in the
-/// all and worker roles the loaded engine answers instead.
+/// engine, with the engine's own defaults (<see cref="StylizationEngineOptions"/>; the upload, prompt and style-count
+/// limits fall back to Omni:Limits as <c>EngineRegistration.CreateOptions</c> does), so one configuration describes
+/// both roles. In the all role the loaded engine answers instead; these are its limits while it loads.
 /// </summary>
-public sealed class EngineCatalogOptions
+public sealed class EngineCatalogOptions : IValidatableObject
 {
     public const string Section = "Omni:Engine";
+    private static readonly StylizationEngineOptions EngineDefaults = new();
+
     /// <summary>Folder of &lt;name&gt;.safetensors style LoRAs with optional &lt;name&gt;.json sidecars; empty: no styles (base model only).</summary>
     public string? LoraFolder { get; set; }
     /// <summary>Largest output width or height.</summary>
-    [Range(16, 65536)] public int MaxSide { get; set; } = 2048;
+    [Range(16, 65536)] public int MaxSide { get; set; } = EngineDefaults.MaxSide;
     /// <summary>Largest output width × height.</summary>
-    [Range(256, long.MaxValue)] public long MaxPixels { get; set; } = 2048L * 2048;
-    [Range(16, 65536)] public int MaxCondSize { get; set; } = 1024;
-    [Range(1, 1000)] public int MaxSteps { get; set; } = 50;
-    public double MinGuidance { get; set; }
-    public double MaxGuidance { get; set; } = 20;
+    [Range(256, long.MaxValue)] public long MaxPixels { get; set; } = EngineDefaults.MaxPixels;
+    /// <summary>Output area when the request gives no size.</summary>
+    public long DefaultPixels { get; set; } = EngineDefaults.DefaultPixels;
+    [Range(16, 65536)] public int MaxCondSize { get; set; } = EngineDefaults.MaxCondSize;
+    public int DefaultCondSize { get; set; } = EngineDefaults.DefaultCondSize;
+    [Range(1, 1000)] public int MaxSteps { get; set; } = EngineDefaults.MaxSteps;
+    public int DefaultSteps { get; set; } = EngineDefaults.DefaultSteps;
+    public double MinGuidance { get; set; } = EngineDefaults.MinGuidance;
+    public double MaxGuidance { get; set; } = EngineDefaults.MaxGuidance;
+    /// <summary>Null: Omni:Limits's (as the engine).</summary>
+    public int? MaxStyles { get; set; }
+    public int? MaxPromptLength { get; set; }
+    public long? MaxImageBytes { get; set; }
+    public int? MaxImageSide { get; set; }
+    public long? MaxImagePixels { get; set; }
+
+    /// <summary>These limits as the engine's options, so the engine's rules check them and <see cref="Engine.SubmissionLimits"/> reads one shape.</summary>
+    public StylizationEngineOptions ToEngineOptions(LimitsOptions limits) => new()
+    {
+        LoraFolder = LoraFolder, MaxSide = MaxSide, MaxPixels = MaxPixels, DefaultPixels = DefaultPixels, MaxCondSize = MaxCondSize,
+        DefaultCondSize = DefaultCondSize, MaxSteps = MaxSteps, DefaultSteps = DefaultSteps, MinGuidance = MinGuidance, MaxGuidance = MaxGuidance,
+        MaxStyles = MaxStyles ?? limits.MaxStyles, MaxPromptLength = MaxPromptLength ?? limits.MaxPromptLength,
+        MaxImageBytes = MaxImageBytes ?? limits.MaxImageBytes, MaxImageSide = MaxImageSide ?? limits.MaxImageSide,
+        MaxImagePixels = MaxImagePixels ?? limits.MaxImagePixels,
+    };
+
+    /// <summary>The engine's own checks (default within max, finite guidance range, ...), so the api role refuses what a worker would.</summary>
+    public IEnumerable<ValidationResult> Validate(ValidationContext validationContext)
+    {
+        string? problem = null;
+        try
+        {
+            ToEngineOptions(new LimitsOptions()).Validate();
+        }
+        catch (ArgumentException e)
+        {
+            problem = $"{Section}: {e.Message}";
+        }
+        if (problem is not null) yield return new ValidationResult(problem);
+    }
 }
