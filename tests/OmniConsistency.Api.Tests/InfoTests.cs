@@ -112,6 +112,41 @@ public sealed class InfoTests
     }
 
     [Fact]
+    public async Task Swagger_describes_info_with_a_typed_schema()
+    {
+        await using var host = await ServiceHost.StartAsync();
+        var doc = await (await host.Client.GetAsync("swagger/v1/swagger.json")).Json();
+        var get = doc.GetProperty("paths").GetProperty("/v1/info").GetProperty("get");
+        Assert.False(string.IsNullOrWhiteSpace(get.GetProperty("summary").GetString()));
+        var schema = get.GetProperty("responses").GetProperty("200").GetProperty("content").GetProperty("application/json").GetProperty("schema");
+        Assert.EndsWith("/ServiceInfo", schema.GetProperty("$ref").GetString());
+        var properties = doc.GetProperty("components").GetProperty("schemas").GetProperty("SubmissionLimits").GetProperty("properties");
+        foreach (var name in new[] { "size", "condSize", "steps", "guidance", "styles", "prompt", "image", "outputFormats", "conditionFits" })
+            Assert.True(properties.TryGetProperty(name, out _), name);
+    }
+
+    /// <summary>The api role never loads the model: the limits are the configured Omni:Engine ones and the model says why it is absent.</summary>
+    [Fact]
+    public async Task Api_role_reports_configured_limits_and_no_model()
+    {
+        await using var schema = await PostgresTestSchema.CreateAsync();
+        await using var api = await ServiceHost.StartAsync(configure: s =>
+        {
+            Configured(s);
+            s["Omni:Role"] = "api";
+            s["Omni:Storage:Provider"] = "postgres";
+            s["Omni:Storage:PostgresConnectionString"] = schema.ConnectionString;
+            s["Omni:Engine:LoraFolder"] = StyleFolder(6);
+        });
+        var info = await InfoAsync(api);
+        Assert.Equal("not loaded: api role", info.GetProperty("model").GetProperty("state").GetString());
+        Assert.Equal(6, info.GetProperty("styleCount").GetInt32());
+        Assert.Equal(512, info.GetProperty("limits").GetProperty("size").GetProperty("maxSide").GetInt32());
+        Assert.Equal(12, info.GetProperty("limits").GetProperty("steps").GetProperty("max").GetInt32());
+        await AssertBoundsAreTrueAsync(api);
+    }
+
+    [Fact]
     public async Task Info_needs_the_api_key_like_the_other_v1_endpoints()
     {
         await using var host = await ServiceHost.StartAsync(configure: s =>
