@@ -17,31 +17,12 @@ public interface IGoldenKindRunner
     IReadOnlyDictionary<string, torch.Tensor> Run(GoldenCase c);
 }
 
-/// <summary>Thrown by a runner for a case that needs a capability that has not landed yet; the case is reported skipped.</summary>
+/// <summary>Thrown by a runner for a case that needs a capability the port does not have (e.g. several condition
+/// LoRAs); the case is reported skipped with the reason.</summary>
 public sealed class GoldenCaseNotSupportedException(string reason) : Exception(reason);
 
 public static class GoldenKinds
 {
-    /// <summary>Kinds the golden set is known to hold, with the issue that implements each. A case of a kind
-    /// with no runner yet is skipped with this reason; a kind in neither list fails.</summary>
-    public static readonly IReadOnlyDictionary<string, string> Known = new Dictionary<string, string>
-    {
-        ["scheduler"] = "Inference core I",
-        ["transformer"] = "Inference core I",
-        ["manifest"] = "Inference core I/II (module manifests)",
-        ["tokenize_clip"] = "Inference core II",
-        ["tokenize_t5"] = "Inference core II",
-        ["clip_text"] = "Inference core II",
-        ["t5_text"] = "Inference core II",
-        ["encode_prompt"] = "Inference core II",
-        ["vae_encode"] = "Inference core II",
-        ["vae_decode"] = "Inference core II",
-        ["style_lora"] = "Style LoRAs",
-        ["omni_transformer"] = "OmniConsistency condition branch",
-        ["pipeline_latents"] = "OmniConsistency condition branch",
-        ["pipeline_e2e"] = "OmniConsistency condition branch",
-    };
-
     public static IReadOnlyDictionary<string, Type> Runners { get; } = typeof(GoldenKinds).Assembly.GetTypes()
         .SelectMany(t => t.GetCustomAttributes<GoldenKindAttribute>().Select(a => (a.Kind, t)))
         .ToDictionary(x => x.Kind, x => x.t);

@@ -151,41 +151,6 @@ public class ManifestHelpersTests
         Assert.Contains("3 parameters off the meta device", e.Message);
     }
 
-    // Stand-in checker classes for the resolver (simple names no real checker uses).
-    public static class ResolverDemoManifestCheck
-    {
-        public static void Check(GoldenCase c) => _ = c;
-        public static void CheckManifest(GoldenCase c) => _ = c;
-        public static int NotAChecker(GoldenCase c) => c.Name.Length;
-    }
-
-    public static class ResolverFallbackManifestCheck
-    {
-        public static void CheckManifest(GoldenCase c) => _ = c;
-    }
-
-    public static class ResolverBareManifestCheck
-    {
-        public static void Other(string s) => _ = s;
-    }
-
-    public static class First { public static class ResolverTwinManifestCheck { public static void Check(GoldenCase c) => _ = c; } }
-    public static class Second { public static class ResolverTwinManifestCheck { public static void Check(GoldenCase c) => _ = c; } }
-
-    [Fact]
-    public void ResolverFindsCheckersBySimpleNameWithFallbackAndFailsOnWiringErrors()
-    {
-        var asm = typeof(ManifestKind).Assembly;
-        Assert.Equal(nameof(ResolverDemoManifestCheck.Check), ManifestKind.Resolve(asm, "ResolverDemoManifestCheck.Check")!.Name);
-        Assert.Equal(ManifestKind.FallbackMethod, ManifestKind.Resolve(asm, "ResolverFallbackManifestCheck.CheckBfl")!.Name);
-        Assert.Equal(ManifestKind.FallbackMethod, ManifestKind.Resolve(asm, "ResolverDemoManifestCheck.NotAChecker")!.Name); // wrong return type
-        Assert.Null(ManifestKind.Resolve(asm, "NoSuchClassManifestCheck.Check"));
-        Assert.Contains("has no public static void Check(GoldenCase)",
-            Assert.Throws<XunitException>(() => ManifestKind.Resolve(asm, "ResolverBareManifestCheck.Check")).Message);
-        Assert.Contains("ambiguous", Assert.Throws<XunitException>(() => ManifestKind.Resolve(asm, "ResolverTwinManifestCheck.Check")).Message);
-        Assert.Throws<ArgumentException>(() => ManifestKind.Resolve(asm, "NoDot"));
-    }
-
     [Fact]
     public void TheRunnerIsTheOnlyManifestKind()
     {

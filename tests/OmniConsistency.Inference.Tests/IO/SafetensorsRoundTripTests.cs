@@ -220,7 +220,7 @@ public class SafetensorsRoundTripTests
     [Fact]
     public void LoadMovesToTheRequestedDevice()
     {
-        if (!cuda.is_available()) Assert.Skip("no CUDA device in this build/machine (TorchBackend=cpu)");
+        if (!cuda.is_available()) Assert.Skip("no CUDA device visible to libtorch (the default TorchBackend=cpu build never has one; run a TorchBackend=cuda build on a GPU)");
         using var dir = new TempDir();
         using var scope = NewDisposeScope();
         var t = randn([3, 4], generator: new Generator(5));

@@ -130,7 +130,7 @@ public class PipelineTests
     public void ThePlainPipelineRunsOnCudaFromConfigurationLikeOnCpu()
     {
         // Device and dtype come from the options only; a CUDA build (TorchBackend=cuda) on a GPU runs this.
-        if (!cuda.is_available()) Assert.Skip("no CUDA device in this build/machine (TorchBackend=cpu)");
+        if (!cuda.is_available()) Assert.Skip("no CUDA device visible to libtorch (the default TorchBackend=cpu build never has one; run a TorchBackend=cuda build on a GPU)");
         var inputs = new FluxGenerationInputs { Prompt = "a cat", Height = 48, Width = 64, Steps = 2 };
         Tensor Generate(string device, string dtype)
         {

@@ -22,8 +22,6 @@ public static class ClipTextManifestCheck
         using var model = new ClipTextModel(config, ParameterFactory.Meta());
         TextEncoderManifest.AssertModuleMatches(c, model, nameof(ClipTextModel));
     }
-
-    public static void CheckManifest(GoldenCase c) => Check(c);
 }
 
 /// <summary>
@@ -46,8 +44,6 @@ public static class T5EncoderManifestCheck
                 Assert.True(parameters.ContainsKey(t.Value.GetString()!), $"tie target {t.Value.GetString()} is not a parameter");
             }
     }
-
-    public static void CheckManifest(GoldenCase c) => Check(c);
 }
 
 internal static class TextEncoderManifest
