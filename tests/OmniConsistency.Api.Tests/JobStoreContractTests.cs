@@ -1,3 +1,4 @@
+using OmniConsistency.Inference.Pipelines;
 using Microsoft.Extensions.Options;
 using OmniConsistency.Api.Jobs;
 using OmniConsistency.Api.Options;
@@ -31,7 +32,7 @@ public abstract class JobStoreContractTests : IAsyncLifetime
 
     private static NewJob Job(string id, string owner = "k", string? key = null, string? hash = null, string? webhook = null, DateTimeOffset? at = null) => new()
     {
-        Id = id, Owner = owner, Parameters = new JobParameters { Steps = 2, Seed = 1 }, InputBlob = $"inputs/{id}",
+        Id = id, Owner = owner, Parameters = new StylizationSettings { Steps = 2, Seed = 1 }, InputBlob = $"inputs/{id}",
         IdempotencyKey = key, RequestHash = hash, WebhookUrl = webhook,
         WebhookEvents = webhook is null ? [] : ["started", "succeeded", "failed", "canceled"], BaseUrl = "http://svc", CreatedAt = at ?? T0,
     };

@@ -1,3 +1,4 @@
+using OmniConsistency.Inference.Pipelines;
 using System.Diagnostics;
 using Microsoft.Extensions.Logging.Abstractions;
 using OmniConsistency.Api.Jobs;
@@ -16,7 +17,7 @@ public sealed class PostgresStoreTests
 
     private static NewJob Job(string id) => new()
     {
-        Id = id, Owner = "k", Parameters = new JobParameters { Steps = 2, Seed = 1 }, InputBlob = $"inputs/{id}", BaseUrl = "http://svc",
+        Id = id, Owner = "k", Parameters = new StylizationSettings { Steps = 2, Seed = 1 }, InputBlob = $"inputs/{id}", BaseUrl = "http://svc",
         CreatedAt = DateTimeOffset.UtcNow,
     };
 

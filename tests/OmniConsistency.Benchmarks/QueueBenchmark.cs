@@ -1,3 +1,4 @@
+using OmniConsistency.Inference.Pipelines;
 using System.Diagnostics;
 using Microsoft.Extensions.Options;
 using Npgsql;
@@ -66,7 +67,7 @@ public sealed class QueueBenchmark : IBenchmark
     {
         var ct = CancellationToken.None;
         store.InitializeAsync(ct).GetAwaiter().GetResult();
-        var parameters = new JobParameters { Steps = 1, Seed = 1 };
+        var parameters = new StylizationSettings { Steps = 1, Seed = 1 };
         var enqueue = Stopwatch.StartNew();
         for (var i = 0; i < jobs; i++)
         {

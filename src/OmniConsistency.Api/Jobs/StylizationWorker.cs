@@ -135,7 +135,7 @@ public sealed partial class StylizationWorker(
 
             var image = await blobs.ReadAllAsync(job.InputBlob, cts.Token);
             // Its own thread: a real engine computes synchronously for long stretches and must not hold a pool thread.
-            var request = job.Parameters.ToRequest(image);
+            var request = new StylizationRequest(job.Parameters, image);
             var result = await Task.Factory.StartNew(() => engine.RunAsync(request, progress, cts.Token), CancellationToken.None,
                 TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
             completion = await StoreResultAsync(job, result, cts.Token);

@@ -14,7 +14,7 @@ using SixLabors.ImageSharp.PixelFormats;
 namespace OmniConsistency.Api.Jobs;
 
 /// <summary>A submission that passed every check: ready to store and run.</summary>
-public sealed record ValidatedSubmission(JobParameters Parameters, byte[] Image, string? WebhookUrl, IReadOnlyList<string> WebhookEvents, string RequestHash);
+public sealed record ValidatedSubmission(StylizationSettings Parameters, byte[] Image, string? WebhookUrl, IReadOnlyList<string> WebhookEvents, string RequestHash);
 
 /// <summary>
 /// Checks a submission before anything is stored: field ranges, the image (format, byte size, pixel count before
@@ -88,7 +88,7 @@ public sealed class SubmissionValidator(IOptions<LimitsOptions> limitsOptions, D
             throw new ApiProblemException(400, "webhook-url-not-allowed", "Webhook URL not allowed", $"The webhook URL {why}.",
                 new Dictionary<string, string[]> { ["webhookUrl"] = [$"The webhook URL {why}."] });
 
-        var parameters = new JobParameters
+        var parameters = new StylizationSettings
         {
             Styles = styles, Prompt = string.IsNullOrWhiteSpace(raw.Prompt) ? null : raw.Prompt, Width = width, Height = height,
             Steps = steps, Guidance = guidance, Seed = raw.Seed ?? -1, CondSize = condSize, ConditionFit = fit, OutputFormat = format,
@@ -99,7 +99,7 @@ public sealed class SubmissionValidator(IOptions<LimitsOptions> limitsOptions, D
 
         try
         {
-            engine.Validate(parameters.ToRequest(image));
+            engine.Validate(new StylizationRequest(parameters, image));
         }
         catch (StylizationRequestException ex)
         {
@@ -183,7 +183,7 @@ public sealed class SubmissionValidator(IOptions<LimitsOptions> limitsOptions, D
             "One or more fields are invalid: " + string.Join("; ", raw.Errors.Select(e => $"{e.Key}: {string.Join(" ", e.Value)}")),
             raw.Errors.ToDictionary(e => e.Key, e => e.Value.ToArray()));
 
-    private static string RequestHash(JobParameters p, byte[] image, string? webhookUrl, IReadOnlyList<string> events)
+    private static string RequestHash(StylizationSettings p, byte[] image, string? webhookUrl, IReadOnlyList<string> events)
     {
         var canonical = JsonSerializer.Serialize(new
         {

@@ -29,33 +29,13 @@ public static class JobStatusNames
     public static bool IsTerminal(this JobStatus s) => s is JobStatus.Succeeded or JobStatus.Failed or JobStatus.Canceled;
 }
 
-/// <summary>What the client asked for, validated and with the seed fixed. Stored as JSON with the job.</summary>
-public sealed record JobParameters
-{
-    public IReadOnlyList<StyleSelection> Styles { get; init; } = [];
-    public string? Prompt { get; init; }
-    public int? Width { get; init; }
-    public int? Height { get; init; }
-    public int Steps { get; init; } = 25;
-    public double Guidance { get; init; } = 3.5;
-    public long Seed { get; init; }
-    public int CondSize { get; init; } = 512;
-    public ConditionFit ConditionFit { get; init; } = ConditionFit.Stretch;
-    public ImageOutputFormat OutputFormat { get; init; } = ImageOutputFormat.Png;
-
-    public StylizationRequest ToRequest(byte[] image) => new()
-    {
-        Image = image, Styles = Styles, Prompt = Prompt, Width = Width, Height = Height, Steps = Steps,
-        Guidance = Guidance, Seed = Seed, CondSize = CondSize, ConditionFit = ConditionFit, OutputFormat = OutputFormat,
-    };
-}
-
 public sealed record NewJob
 {
     public required string Id { get; init; }
     /// <summary>The API key name that owns the job ("" when the service runs open).</summary>
     public required string Owner { get; init; }
-    public required JobParameters Parameters { get; init; }
+    /// <summary>What the client asked for, validated and with the seed fixed; stored as JSON with the job.</summary>
+    public required StylizationSettings Parameters { get; init; }
     public required string InputBlob { get; init; }
     public string? IdempotencyKey { get; init; }
     public string? RequestHash { get; init; }
@@ -81,7 +61,8 @@ public sealed record JobRecord
     public long Seq { get; init; }
     public required string Owner { get; init; }
     public JobStatus Status { get; init; }
-    public required JobParameters Parameters { get; init; }
+    /// <summary>What the client asked for, validated and with the seed fixed; stored as JSON with the job.</summary>
+    public required StylizationSettings Parameters { get; init; }
     public required string InputBlob { get; init; }
     public string? WebhookUrl { get; init; }
     public IReadOnlyList<string> WebhookEvents { get; init; } = [];

@@ -1,3 +1,4 @@
+using OmniConsistency.Inference.Pipelines;
 using System.Data.Common;
 
 namespace OmniConsistency.Api.Storage;
@@ -41,7 +42,7 @@ internal sealed class StoreRows(
         Seq = r.GetInt64(1),
         Owner = r.GetString(2),
         Status = JobStatusNames.Parse(r.GetString(3)),
-        Parameters = StoreJson.Read<JobParameters>(r.GetString(4)),
+        Parameters = StoreJson.Read<StylizationSettings>(r.GetString(4)),
         InputBlob = r.GetString(5),
         WebhookUrl = StrOrNull(r, 6),
         WebhookEvents = list(r, 7),

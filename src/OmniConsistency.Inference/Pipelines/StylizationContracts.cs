@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 namespace OmniConsistency.Inference.Pipelines;
 
 // The one narrow interface between the service and the engine: a request in, progress events and an image out.
@@ -15,10 +16,9 @@ public enum ConditionFit
 
 public enum ImageOutputFormat { Png, Jpeg, Webp }
 
-public sealed record StylizationRequest
+/// <summary>What to generate, apart from the photo (the service stores it as a job's parameters).</summary>
+public record StylizationSettings
 {
-    /// <summary>The encoded photo (PNG, JPEG or WebP).</summary>
-    public required byte[] Image { get; init; }
     /// <summary>Style LoRAs by catalog name with weights; empty = base model only.</summary>
     public IReadOnlyList<StyleSelection> Styles { get; init; } = [];
     /// <summary>The user's prompt; the styles' trigger words are added by the engine.</summary>
@@ -32,6 +32,20 @@ public sealed record StylizationRequest
     public int CondSize { get; init; } = 512;
     public ConditionFit ConditionFit { get; init; } = ConditionFit.Stretch;
     public ImageOutputFormat OutputFormat { get; init; } = ImageOutputFormat.Png;
+}
+
+public sealed record StylizationRequest : StylizationSettings
+{
+    public StylizationRequest()
+    {
+    }
+
+    /// <summary>The <paramref name="settings"/> applied to <paramref name="image"/>.</summary>
+    [SetsRequiredMembers]
+    public StylizationRequest(StylizationSettings settings, byte[] image) : base(settings) => Image = image;
+
+    /// <summary>The encoded photo (PNG, JPEG or WebP).</summary>
+    public required byte[] Image { get; init; }
 }
 
 public sealed record StylizationProgress(string Phase, int Step, int TotalSteps);
